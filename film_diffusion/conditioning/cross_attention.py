@@ -1,0 +1,73 @@
+"""Cross-attention from the features to the condition tokens (Rombach et al., 2022; PixArt-alpha, 2023).
+
+Every ``context`` site gets its own query and output projection; the keys and values of all sites
+are projected from the condition tokens in one matrix product per forward pass. Padded tokens are
+masked out. With ``timestep_route="with_condition"`` the timestep embedding becomes one more key/value
+token.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from film_diffusion.conditioning.base import ConditioningMethod, Wiring
+from film_diffusion.conditioning.sites import Signals, SiteState
+from film_diffusion.layers import attention
+
+
+class CrossAttention(ConditioningMethod):
+    """Options:
+        num_heads: attention heads at every site (default: the backbone's head count there).
+        zero_init: zero the output projections (default True, as PixArt-alpha does) so that every
+                   cross-attention starts as the identity.
+    """
+
+    name = "cross_attention"
+
+    def __init__(self, wiring: Wiring, num_heads: int | None = None, zero_init: bool = True):
+        super().__init__(wiring)
+        self.require_tokens(wiring)
+        self.sites = self.require_sites(wiring.sites_of("context"), "context (attention)")
+        self.heads = [num_heads or site.num_heads or 1 for site in self.sites]
+        token_dim = wiring.token_dim if wiring.use_condition else wiring.embed_dim
+        self.time_token = nn.Linear(wiring.embed_dim, token_dim) if wiring.use_timestep else None
+        self.kv_sizes = [2 * s.channels for s in self.sites]
+        self.to_kv = nn.Linear(token_dim, sum(self.kv_sizes), bias=False)  # all sites' keys and values at once
+        self.norms = nn.ModuleList(nn.LayerNorm(s.channels) for s in self.sites)
+        self.to_q = nn.ModuleList(nn.Linear(s.channels, s.channels, bias=False) for s in self.sites)
+        self.to_out = nn.ModuleList(nn.Linear(s.channels, s.channels) for s in self.sites)
+        if zero_init:
+            for proj in self.to_out:
+                nn.init.zeros_(proj.weight)
+                nn.init.zeros_(proj.bias)
+
+    def context(self, signals: Signals) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The key/value tokens ``(B, L, D)`` and their mask (None when every token is real)."""
+        tokens, mask = [], []
+        if self.use_condition:
+            if signals.tokens is None:
+                raise ValueError("Conditioning method 'cross_attention' needs condition tokens, but the call gave "
+                                 "none: pass condition.tokens (a text encoder's output).")
+            tokens.append(signals.tokens)
+            mask.append(signals.mask)
+        if self.time_token is not None:
+            tokens.append(self.time_token(signals.t_emb)[:, None])  # (B, 1, D)
+            mask.append(None)
+        if all(m is None for m in mask):
+            return torch.cat(tokens, dim=1), None
+        full = [torch.ones(t.shape[:2], dtype=torch.bool, device=t.device) if m is None else m
+                for t, m in zip(tokens, mask)]
+        return torch.cat(tokens, dim=1), torch.cat(full, dim=1)
+
+    def register(self, signals: Signals, state: SiteState) -> None:
+        tokens, mask = self.context(signals)
+        kv = torch.split(self.to_kv(tokens.to(self.to_kv.weight.dtype)), self.kv_sizes, dim=-1)
+        for index, site in enumerate(self.sites):
+            k, v = kv[index].chunk(2, dim=-1)
+            state.add_residual(site, lambda x, i=index, k=k, v=v: self.attend(i, x, k, v, mask))
+
+    def attend(self, index: int, x: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+               mask: torch.Tensor | None) -> torch.Tensor:
+        q = self.to_q[index](self.norms[index](x))
+        return self.to_out[index](attention(q, k.to(q.dtype), v.to(q.dtype), self.heads[index], mask))

@@ -1,0 +1,133 @@
+"""The contract between backbones and conditioning methods.
+
+A backbone declares its **sites** (places where a condition may act) and, in ``forward``, calls the
+:class:`SiteState` at each one. A method declares nothing about backbones: it picks the sites whose
+kind it handles and registers its effect there once per forward pass. Neither side names the other.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+
+SiteKind = Literal["input", "sequence", "norm", "gate", "block_in", "block_out", "context"]
+"""What a method may do at a site:
+
+- ``input``:     the image input ``(B, C, H, W)``; a method may concatenate channels.
+- ``sequence``:  the token sequence ``(B, N, C)``; a method may append tokens (removed before the output).
+- ``norm``:      right after a normalisation; a method may apply a per-channel affine ``scale * x + shift``.
+- ``gate``:      a residual branch's output just before the add; a method may scale it per channel.
+- ``block_in`` / ``block_out``: a block's input / output; per-channel affine, like ``norm``.
+- ``context``:   a place in a block for a residual update that reads the condition tokens.
+"""
+
+Layout = Literal["tokens", "image"]
+
+
+@dataclass(frozen=True)
+class Site:
+    """One place in a backbone where a condition may act.
+
+    ``layout`` says how the features there are laid out: ``tokens`` = ``(B, N, C)``, ``image`` =
+    ``(B, C, H, W)``. ``num_heads`` is the backbone's head count there (a hint for attention methods).
+    """
+
+    name: str
+    kind: SiteKind
+    channels: int
+    layout: Layout = "tokens"
+    num_heads: int | None = None
+
+
+def per_channel(v: torch.Tensor, layout: Layout) -> torch.Tensor:
+    """Shape a ``(B, C)`` vector to broadcast over features of the given layout."""
+    return v[:, None, :] if layout == "tokens" else v[:, :, None, None]
+
+
+@dataclass
+class Signals:
+    """What methods read, computed once per forward pass by the conditioning stack.
+
+    t_emb:  timestep embedding ``(B, E)``.
+    pooled: the pooled condition already embedded to width ``E`` (text pooled vector and/or class label), or None.
+    tokens: the condition tokens ``(B, L, Dt)`` as the encoder gave them, or None; ``mask`` ``(B, L)`` or None.
+    """
+
+    t_emb: torch.Tensor
+    pooled: torch.Tensor | None
+    tokens: torch.Tensor | None
+    mask: torch.Tensor | None
+
+
+class SiteState:
+    """The effects every method registered for one forward pass, looked up by site name.
+
+    A site nobody registered at is the identity, so a backbone calls every site unconditionally.
+    Effects from several methods at one site compose in the order the methods are listed.
+    """
+
+    def __init__(self) -> None:
+        self._affine: dict[str, list[tuple[torch.Tensor, torch.Tensor]]] = defaultdict(list)
+        self._gates: dict[str, list[torch.Tensor]] = defaultdict(list)
+        self._residuals: dict[str, list[Callable[[torch.Tensor], torch.Tensor]]] = defaultdict(list)
+        self._tokens: dict[str, list[tuple[torch.Tensor, torch.Tensor | None]]] = defaultdict(list)
+        self._channels: dict[str, list[torch.Tensor]] = defaultdict(list)
+
+    # -- registration (methods) ------------------------------------------------------------------
+    def add_affine(self, site: Site, scale: torch.Tensor, shift: torch.Tensor) -> None:
+        """Register ``x -> scale * x + shift`` with ``(B, C)`` scale and shift."""
+        self._affine[site.name].append((per_channel(scale, site.layout), per_channel(shift, site.layout)))
+
+    def add_gate(self, site: Site, gate: torch.Tensor) -> None:
+        """Register ``branch -> gate * branch`` with a ``(B, C)`` gate."""
+        self._gates[site.name].append(per_channel(gate, site.layout))
+
+    def add_residual(self, site: Site, update: Callable[[torch.Tensor], torch.Tensor]) -> None:
+        """Register ``x -> x + update(x)``."""
+        self._residuals[site.name].append(update)
+
+    def add_tokens(self, site: Site, tokens: torch.Tensor, mask: torch.Tensor | None = None) -> None:
+        """Register ``(B, M, C)`` tokens to append to a sequence; ``mask`` ``(B, M)``, True = real."""
+        self._tokens[site.name].append((tokens, mask))
+
+    def add_channels(self, site: Site, channels: torch.Tensor) -> None:
+        """Register a ``(B, K)`` vector to broadcast over the image and concatenate as K input channels."""
+        self._channels[site.name].append(channels)
+
+    # -- application (backbones) -----------------------------------------------------------------
+    def affine(self, site: str, x: torch.Tensor) -> torch.Tensor:
+        for scale, shift in self._affine.get(site, ()):
+            x = torch.addcmul(shift, x, scale)
+        return x
+
+    def gate(self, site: str, branch: torch.Tensor) -> torch.Tensor:
+        for gate in self._gates.get(site, ()):
+            branch = branch * gate
+        return branch
+
+    def residual(self, site: str, x: torch.Tensor) -> torch.Tensor:
+        for update in self._residuals.get(site, ()):
+            x = x + update(x)
+        return x
+
+    def extend_sequence(self, site: str, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Append registered tokens to ``x`` ``(B, N, C)``; return it and a key mask (None if all real)."""
+        extra = self._tokens.get(site, ())
+        if not extra:
+            return x, None
+        masks = [torch.ones(x.shape[:2], dtype=torch.bool, device=x.device)]
+        masks += [torch.ones(t.shape[:2], dtype=torch.bool, device=x.device) if m is None else m for t, m in extra]
+        any_padding = any(m is not None for _, m in extra)
+        x = torch.cat([x, *(t.to(x.dtype) for t, _ in extra)], dim=1)
+        return x, torch.cat(masks, dim=1) if any_padding else None
+
+    def extend_channels(self, site: str, x: torch.Tensor) -> torch.Tensor:
+        extra = self._channels.get(site, ())
+        if not extra:
+            return x
+        maps = [c.to(x.dtype)[:, :, None, None].expand(-1, -1, *x.shape[2:]) for c in extra]
+        return torch.cat([x, *maps], dim=1)

@@ -1,0 +1,127 @@
+"""Builds the conditioning methods a model's config lists and runs them once per forward pass.
+
+This is the only place that maps config names to classes: ``METHODS`` below. Adding a method is one
+new file plus one line here; no backbone changes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch import nn
+
+from film_diffusion.conditioning.adaln_zero import AdaLNZero
+from film_diffusion.conditioning.base import ConditioningMethod, Wiring
+from film_diffusion.conditioning.concat import Concat
+from film_diffusion.conditioning.condition import Condition
+from film_diffusion.conditioning.cross_attention import CrossAttention
+from film_diffusion.conditioning.film import FiLM
+from film_diffusion.conditioning.sites import Signals, Site, SiteState
+from film_diffusion.errors import UserError
+from film_diffusion.layers import LabelEmbedder
+
+METHODS: dict[str, type[ConditioningMethod]] = {
+    "film": FiLM,
+    "adaln_zero": AdaLNZero,
+    "cross_attention": CrossAttention,
+    "concat": Concat,
+}
+
+TIMESTEP_ROUTES = ("native", "with_condition")
+
+MethodSpec = str | dict[str, Any]
+"""A method in a config: its name, or a mapping ``{"name": ..., **options}``."""
+
+
+def parse_methods(conditioning: MethodSpec | Sequence[MethodSpec] | None) -> list[tuple[str, dict[str, Any]]]:
+    """Normalise ``"film"``, ``["film", {"name": "cross_attention", "num_heads": 8}]`` to (name, options) pairs."""
+    if conditioning is None:
+        return []
+    if isinstance(conditioning, (str, dict)):
+        conditioning = [conditioning]
+    parsed = []
+    for spec in conditioning:
+        if isinstance(spec, str):
+            name, options = spec, {}
+        elif isinstance(spec, dict) and "name" in spec:
+            name, options = spec["name"], {k: v for k, v in spec.items() if k != "name"}
+        else:
+            raise UserError(f"Conditioning entry {spec!r} must be a method name or a mapping with a 'name' key.")
+        if name not in METHODS:
+            raise UserError(f"Unknown conditioning method {name!r}; choose from {', '.join(sorted(METHODS))}.")
+        if name in (n for n, _ in parsed):
+            raise UserError(f"Conditioning method {name!r} is listed twice; list each method once.")
+        parsed.append((name, options))
+    return parsed
+
+
+def build_method(name: str, wiring: Wiring, options: dict[str, Any]) -> ConditioningMethod:
+    try:
+        return METHODS[name](wiring, **options)
+    except TypeError as err:
+        raise UserError(f"Bad option for conditioning method {name!r} ({err}); see its docstring for the options.") from None
+
+
+class ConditioningStack(nn.Module):
+    """All conditioning of one model: the condition embedders and the listed methods.
+
+    ``native_method`` is the backbone's own way of taking the timestep (adaLN-Zero for the DiT,
+    FiLM-style scale-shift for the U-Net). With ``timestep_route="native"`` the timestep goes there
+    (sharing the method when the condition uses it too, as in the DiT paper); with ``"with_condition"``
+    it travels with the condition through every listed method.
+    """
+
+    def __init__(self, conditioning: MethodSpec | Sequence[MethodSpec] | None, timestep_route: str,
+                 native_method: str, sites: Sequence[Site], embed_dim: int, cond_token_dim: int | None = None,
+                 cond_pooled_dim: int | None = None, num_classes: int | None = None):
+        super().__init__()
+        if timestep_route not in TIMESTEP_ROUTES:
+            raise UserError(f"Unknown timestep_route {timestep_route!r}; use 'native' or 'with_condition'.")
+        specs = parse_methods(conditioning)
+        if timestep_route == "with_condition" and not specs:
+            raise UserError("timestep_route='with_condition' needs at least one conditioning method to carry "
+                            "the timestep; list one or use timestep_route='native'.")
+        shared = dict(sites=tuple(sites), embed_dim=embed_dim, token_dim=cond_token_dim,
+                      has_pooled=cond_pooled_dim is not None or num_classes is not None)
+        self.methods = nn.ModuleDict()
+        names = [name for name, _ in specs]
+        if timestep_route == "native" and native_method not in names:
+            self.methods["timestep"] = build_method(
+                native_method, Wiring(**shared, use_condition=False, use_timestep=True), {})
+        for name, options in specs:
+            carries_time = timestep_route == "with_condition" or name == native_method
+            self.methods[name] = build_method(name, Wiring(**shared, use_condition=True, use_timestep=carries_time),
+                                              options)
+        reads_pooled = any(m.reads_pooled for m in self.methods.values())
+        if num_classes is not None and not reads_pooled:
+            raise UserError("num_classes is set but no listed method reads a pooled condition; add film, "
+                            "adaln_zero or concat to conditioning.")
+        self.pooled_proj = nn.Linear(cond_pooled_dim, embed_dim) if cond_pooled_dim and reads_pooled else None
+        self.label_embedder = LabelEmbedder(num_classes, embed_dim) if num_classes is not None else None
+
+    def extra_input_channels(self, site: Site) -> int:
+        return sum(m.extra_input_channels(site) for m in self.methods.values())
+
+    def forward(self, t_emb: torch.Tensor, condition: Condition | None = None,
+                class_labels: torch.Tensor | None = None) -> SiteState:
+        pooled = None
+        if condition is not None and condition.pooled is not None and self.pooled_proj is not None:
+            pooled = self.pooled_proj(condition.pooled.to(self.pooled_proj.weight.dtype))
+        if class_labels is not None:
+            if self.label_embedder is None:
+                raise ValueError("class_labels were passed to a model built without num_classes; "
+                                 "rebuild it with num_classes set or pass a text condition instead.")
+            labels = self.label_embedder(class_labels)
+            pooled = labels if pooled is None else pooled + labels
+        signals = Signals(
+            t_emb=t_emb,
+            pooled=pooled,
+            tokens=None if condition is None else condition.tokens,
+            mask=None if condition is None else condition.mask,
+        )
+        state = SiteState()
+        for method in self.methods.values():
+            method.register(signals, state)
+        return state

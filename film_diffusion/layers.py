@@ -1,0 +1,146 @@
+"""Shared building blocks: timestep and label embedding, attention, MLP, patchify.
+
+Everything here is method-agnostic: no layer knows which conditioning method feeds it.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def timestep_frequencies(t: torch.Tensor, dim: int, max_period: float = 10000.0, freq_shift: float = 0.0) -> torch.Tensor:
+    """Sinusoidal timestep features ``[cos, sin]`` (the DiT / ADM convention).
+
+    ``freq_shift`` = 1 reproduces diffusers' ``Timesteps(downscale_freq_shift=1)`` used by its DiT.
+    """
+    half = dim // 2
+    exponent = -math.log(max_period) * torch.arange(half, dtype=torch.float32, device=t.device) / (half - freq_shift)
+    args = t.float()[:, None] * torch.exp(exponent)[None]
+    embedding = torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
+    if dim % 2:
+        embedding = F.pad(embedding, (0, 1))
+    return embedding
+
+
+class TimestepEmbedder(nn.Module):
+    """Scalar timesteps -> vectors: sinusoidal features, then a two-layer MLP (DiT's ``TimestepEmbedder``)."""
+
+    def __init__(self, hidden_size: int, frequency_size: int = 256, freq_shift: float = 0.0):
+        super().__init__()
+        self.frequency_size = frequency_size
+        self.freq_shift = freq_shift
+        self.mlp = nn.Sequential(nn.Linear(frequency_size, hidden_size), nn.SiLU(), nn.Linear(hidden_size, hidden_size))
+
+    def forward(self, t: torch.Tensor) -> torch.Tensor:
+        freqs = timestep_frequencies(t, self.frequency_size, freq_shift=self.freq_shift)
+        return self.mlp(freqs.to(self.mlp[0].weight.dtype))  # (B, H)
+
+
+def timesteps_for_batch(timestep: torch.Tensor | float | int, batch_size: int, device: torch.device) -> torch.Tensor:
+    """Accept a Python number, a 0-d tensor or a ``[B]`` tensor, as diffusers models do; return ``[B]``."""
+    t = torch.as_tensor(timestep, device=device)
+    if t.ndim == 0:
+        return t.expand(batch_size)
+    if t.shape != (batch_size,):
+        raise ValueError(f"timestep must be a scalar or have shape [{batch_size}], got {tuple(t.shape)}.")
+    return t
+
+
+class LabelEmbedder(nn.Module):
+    """Class ids -> vectors. Row ``num_classes`` is the null class used for classifier-free guidance.
+
+    The model never drops labels itself: the trainer replaces a label by :attr:`null_class` with the
+    caption-dropout probability, and the sampler passes the same id for the unconditional branch.
+    """
+
+    def __init__(self, num_classes: int, hidden_size: int):
+        super().__init__()
+        self.num_classes = num_classes
+        self.embedding_table = nn.Embedding(num_classes + 1, hidden_size)
+
+    @property
+    def null_class(self) -> int:
+        return self.num_classes
+
+    def forward(self, labels: torch.Tensor) -> torch.Tensor:
+        if labels.dtype.is_floating_point:
+            raise ValueError("class_labels must be integer class ids, got a floating-point tensor.")
+        return self.embedding_table(labels)  # (B, H)
+
+
+def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, num_heads: int,
+              key_mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Multi-head scaled dot-product attention on ``(B, N, C)`` tensors; ``key_mask`` is ``(B, M)``, True = attend."""
+    b, n, c = q.shape
+    m = k.shape[1]
+    head_dim = c // num_heads
+    q = q.view(b, n, num_heads, head_dim).transpose(1, 2)  # (B, heads, N, d)
+    k = k.view(b, m, num_heads, head_dim).transpose(1, 2)
+    v = v.view(b, m, num_heads, head_dim).transpose(1, 2)
+    mask = None if key_mask is None else key_mask[:, None, None, :]  # (B, 1, 1, M)
+    out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+    return out.transpose(1, 2).reshape(b, n, c)
+
+
+class SelfAttention(nn.Module):
+    """Self-attention with one fused QKV projection (a single matrix product for q, k and v)."""
+
+    def __init__(self, dim: int, num_heads: int, qkv_bias: bool = True):
+        super().__init__()
+        if dim % num_heads:
+            raise ValueError(f"Width {dim} is not divisible by num_heads={num_heads}; choose a divisor.")
+        self.num_heads = num_heads
+        self.qkv = nn.Linear(dim, 3 * dim, bias=qkv_bias)
+        self.proj = nn.Linear(dim, dim)
+
+    def forward(self, x: torch.Tensor, key_mask: torch.Tensor | None = None) -> torch.Tensor:
+        q, k, v = self.qkv(x).chunk(3, dim=-1)
+        return self.proj(attention(q, k, v, self.num_heads, key_mask))
+
+
+class Mlp(nn.Module):
+    """Transformer feed-forward: Linear, GELU (tanh approximation, as in DiT), Linear."""
+
+    def __init__(self, dim: int, hidden_dim: int):
+        super().__init__()
+        self.fc1 = nn.Linear(dim, hidden_dim)
+        self.act = nn.GELU(approximate="tanh")
+        self.fc2 = nn.Linear(hidden_dim, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(self.act(self.fc1(x)))
+
+
+class PatchEmbed(nn.Module):
+    """Image ``(B, C, H, W)`` -> patch tokens ``(B, T, D)`` with ``T = (H/p)(W/p)``."""
+
+    def __init__(self, patch_size: int, in_channels: int, dim: int):
+        super().__init__()
+        self.proj = nn.Conv2d(in_channels, dim, kernel_size=patch_size, stride=patch_size)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.proj(x).flatten(2).transpose(1, 2)
+
+
+def unpatchify(x: torch.Tensor, patch_size: int, channels: int, grid: int) -> torch.Tensor:
+    """Patch tokens ``(B, T, p*p*C)`` -> image ``(B, C, H, W)``; inverse of :class:`PatchEmbed`'s layout."""
+    b = x.shape[0]
+    x = x.reshape(b, grid, grid, patch_size, patch_size, channels)
+    x = torch.einsum("nhwpqc->nchpwq", x)
+    return x.reshape(b, channels, grid * patch_size, grid * patch_size)
+
+
+def sincos_pos_embed_2d(dim: int, grid: int) -> torch.Tensor:
+    """Fixed 2D sine-cosine position embedding ``(grid*grid, dim)``, exactly as in DiT/MAE."""
+    coords = np.meshgrid(np.arange(grid, dtype=np.float64), np.arange(grid, dtype=np.float64))  # w first
+    def one_axis(pos: np.ndarray, d: int) -> np.ndarray:
+        omega = 1.0 / 10000 ** (np.arange(d // 2, dtype=np.float64) / (d / 2.0))
+        out = np.einsum("m,d->md", pos.reshape(-1), omega)
+        return np.concatenate([np.sin(out), np.cos(out)], axis=1)
+    emb = np.concatenate([one_axis(coords[0], dim // 2), one_axis(coords[1], dim // 2)], axis=1)
+    return torch.from_numpy(emb).float()
