@@ -1,0 +1,100 @@
+"""The interface every text encoder shares: a list of captions in, a :class:`Condition` out.
+
+What must behave the same whichever library runs the model lives here once: freezing, the
+truncation warning, and the identity string that keys embedding caches.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import warnings
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from typing import Literal
+
+import torch
+from torch import nn
+
+from film_diffusion.conditioning.condition import Condition
+from film_diffusion.errors import UserError
+
+Layer = Literal["last", "penultimate"]
+LAYERS: tuple[str, ...] = ("last", "penultimate")
+
+
+class TextEncoder(nn.Module, ABC):
+    """A text encoder that is frozen (no gradients, eval mode) unless built with ``trainable=True``.
+
+    Subclasses set ``token_dim``, ``pooled_dim`` and ``max_length`` (the context, special tokens
+    included), implement :meth:`_encode` and :meth:`_token_counts`, and call
+    :meth:`_freeze_unless_trainable` once their modules exist.
+    """
+
+    token_dim: int
+    pooled_dim: int
+    max_length: int
+
+    def __init__(self, trainable: bool = False) -> None:
+        super().__init__()
+        self.trainable = trainable
+        self._weights_digest: str | None = None
+
+    @abstractmethod
+    def _encode(self, captions: list[str]) -> Condition:
+        """Tokenize (padded and truncated to ``max_length``) and run the model."""
+
+    @abstractmethod
+    def _token_counts(self, captions: list[str]) -> list[int]:
+        """Each caption's length in tokens before truncation, special tokens included."""
+
+    @abstractmethod
+    def _options(self) -> str:
+        """The options that change the output for the same weights (layer, projection, ...)."""
+
+    def encode(self, captions: Sequence[str]) -> Condition:
+        """Encode a batch of captions; ``""`` is the unconditional prompt and works like any other."""
+        if isinstance(captions, str):
+            raise UserError("encode() takes a list of captions, got a single string; wrap it in a list.")
+        captions = list(captions)
+        cut = sum(n > self.max_length for n in self._token_counts(captions))
+        if cut:
+            warnings.warn(
+                f"{cut} of {len(captions)} captions were longer than the encoder's {self.max_length}-token "
+                "context and were truncated.",
+                stacklevel=2,
+            )
+        with self._grad_mode():
+            return self._encode(captions)
+
+    def _grad_mode(self) -> torch.autograd.grad_mode.set_grad_enabled:
+        """Gradients flow only through a trainable encoder, so a frozen one never builds a graph."""
+        return torch.set_grad_enabled(self.trainable and torch.is_grad_enabled())
+
+    def _freeze_unless_trainable(self) -> None:
+        self.requires_grad_(self.trainable)
+        self.eval()
+
+    def train(self, mode: bool = True) -> TextEncoder:
+        # A frozen encoder stays in eval mode when the model that holds it is put in training mode.
+        return super().train(mode and self.trainable)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.parameters()).device
+
+    @property
+    def identity(self) -> str:
+        """Names the encoder class, its options and a digest of its weights (not its path), so an
+        embedding cache built by another encoder, or by other weights at the same path, is refused."""
+        if self._weights_digest is None:
+            digest = hashlib.sha256()
+            for name, tensor in sorted(self.state_dict().items()):
+                digest.update(name.encode())
+                digest.update(tensor.detach().cpu().reshape(-1).view(torch.uint8).numpy().tobytes())
+            self._weights_digest = digest.hexdigest()[:16]
+        return f"{type(self).__name__}({self._options()}) weights={self._weights_digest}"
+
+
+def check_layer(layer: str) -> None:
+    if layer not in LAYERS:
+        raise UserError(f"layer={layer!r} is not supported; choose one of {', '.join(map(repr, LAYERS))}.")

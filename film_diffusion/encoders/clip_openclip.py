@@ -1,0 +1,96 @@
+"""A CLIP text encoder from open_clip: any model name with a pretrained tag or a local checkpoint
+(``OpenCLIP("ViT-H-14", "laion2b_s32b_b79k")``, ``OpenCLIP("ViT-B-32", "ckpt.safetensors")``), or a
+folder in open_clip's own format (``OpenCLIP("local-dir:path")``: ``open_clip_config.json`` plus
+``open_clip_model.safetensors``, the format :mod:`film_diffusion.encoders.pretrain_clip` writes)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import open_clip
+import torch
+import torch.nn.functional as F
+import torchvision.transforms.functional as TF
+from open_clip.tokenizer import SimpleTokenizer
+
+from film_diffusion.conditioning.condition import Condition
+from film_diffusion.encoders.base import Layer, TextEncoder, check_layer
+from film_diffusion.errors import UserError
+
+
+class OpenCLIP(TextEncoder):
+    """Tokens come from running the text transformer (``forward_intermediates``), not from
+    ``encode_text`` alone: the last block after ``ln_final``, or the penultimate block without it
+    (as SDXL takes it). pooled is exactly ``model.encode_text`` (pooled end-of-text state, projected).
+    """
+
+    def __init__(
+        self,
+        model_name: str,
+        pretrained: str | Path | None = None,
+        layer: Layer = "last",
+        *,
+        trainable: bool = False,
+    ) -> None:
+        super().__init__(trainable=trainable)
+        check_layer(layer)
+        if pretrained is not None and Path(pretrained).is_dir():
+            raise UserError(
+                f"pretrained='{pretrained}' is a folder; pass model_name='local-dir:{pretrained}' to load a "
+                "folder holding open_clip_config.json and the weights, or the path of the weights file."
+            )
+        try:
+            self.model = open_clip.create_model(
+                model_name, pretrained=None if pretrained is None else str(pretrained)
+            )
+            self.tokenizer = open_clip.get_tokenizer(model_name)
+        except (RuntimeError, FileNotFoundError, ValueError) as err:
+            raise UserError(
+                f"Could not load open_clip model '{model_name}' with pretrained={pretrained!r} ({err}); "
+                "pass an open_clip model name with a known tag or a checkpoint path, or 'local-dir:FOLDER'."
+            ) from None
+        if not isinstance(self.tokenizer, SimpleTokenizer):
+            raise UserError(
+                f"open_clip model '{model_name}' uses a {type(self.tokenizer).__name__}, but OpenCLIP "
+                "supports models with open_clip's CLIP tokenizer; load this model with TransformersCLIP."
+            )
+        self.layer = layer
+        self.max_length = self.model.context_length
+        with torch.no_grad():
+            probe = self._encode([""])
+        self.token_dim = probe.tokens.shape[-1]
+        self.pooled_dim = probe.pooled.shape[-1]
+        self._freeze_unless_trainable()
+
+    def _options(self) -> str:
+        return f"layer={self.layer}, max_length={self.max_length}"
+
+    def _token_counts(self, captions: list[str]) -> list[int]:
+        return [len(self.tokenizer.encode(caption)) + 2 for caption in captions]  # + start and end of text
+
+    def _encode(self, captions: list[str]) -> Condition:
+        ids = self.tokenizer(captions).to(self.device)  # (B, L), zero-padded after end-of-text
+        last = self.layer == "last"
+        out = self.model.forward_intermediates(
+            text=ids, text_indices=1 if last else 2, normalize_intermediates=last, normalize=False
+        )
+        tokens = out["text_intermediates"][0]  # (B, L, D)
+        end = (ids == self.tokenizer.eot_token_id).int().argmax(dim=1)  # (B,)
+        mask = torch.arange(ids.shape[1], device=ids.device) <= end[:, None]
+        return Condition(tokens=tokens, mask=mask, pooled=out["text_features"])
+
+    def encode_images(self, images: torch.Tensor) -> torch.Tensor:
+        """Images ``[B, 3, H, W]`` in [-1, 1] (as the datasets yield them) to L2-normalised embeddings
+        ``[B, pooled_dim]``, in the space of the normalised pooled text embeddings (for CLIP score)."""
+        cfg = self.model.visual.preprocess_cfg
+        size = (cfg["size"], cfg["size"]) if isinstance(cfg["size"], int) else tuple(cfg["size"])  # (H, W)
+        pixels = (images.to(self.device, torch.float32) + 1) / 2
+        if tuple(pixels.shape[-2:]) != size:
+            # open_clip's own preprocessing: resize the shorter side, crop the centre.
+            pixels = TF.resize(pixels, min(size), interpolation=TF.InterpolationMode.BICUBIC, antialias=True)
+            pixels = TF.center_crop(pixels, list(size)).clamp(0, 1)
+        mean = torch.tensor(cfg["mean"], device=self.device).view(1, 3, 1, 1)
+        std = torch.tensor(cfg["std"], device=self.device).view(1, 3, 1, 1)
+        pixels = ((pixels - mean) / std).to(next(self.model.parameters()).dtype)
+        with self._grad_mode():
+            return F.normalize(self.model.encode_image(pixels), dim=-1)

@@ -1,0 +1,90 @@
+"""EmbeddingCache: a caption is encoded once per run, and a precomputed file is bound to its encoder."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from film_diffusion.encoders import EmbeddingCache, OpenCLIP, TransformersCLIP, save_embeddings
+from film_diffusion.errors import UserError
+
+CAPTIONS = [
+    f"{n} {colour} cubes"
+    for n in range(100)
+    for colour in ("red", "green", "blue", "cyan", "pink", "gray", "brown", "purple", "yellow", "black")
+]
+
+
+def count_encoder_calls(encoder, monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Record the batch size of every call that reaches the model."""
+    calls: list[int] = []
+    encode = encoder._encode
+    monkeypatch.setattr(encoder, "_encode", lambda captions: calls.append(len(captions)) or encode(captions))
+    return calls
+
+
+def test_the_same_thousand_captions_twice_cost_one_encoder_pass(tiny_open_clip, monkeypatch):
+    encoder = OpenCLIP(*tiny_open_clip)
+    calls = count_encoder_calls(encoder, monkeypatch)
+    cache = EmbeddingCache(encoder, batch_size=1000)
+    assert len(set(CAPTIONS)) == 1000
+    first = cache.encode(CAPTIONS)
+    second = cache.encode(CAPTIONS)
+    assert calls == [1000]  # one pass over the model, none for the repeat
+    torch.testing.assert_close(first.tokens, second.tokens, rtol=0, atol=0)
+    direct = encoder.encode(CAPTIONS[:5])
+    torch.testing.assert_close(first[:5].tokens, direct.tokens)
+    torch.testing.assert_close(first[:5].pooled, direct.pooled)
+    assert torch.equal(first[:5].mask, direct.mask)
+
+
+def test_only_new_captions_are_encoded_and_duplicates_once(tiny_open_clip, monkeypatch):
+    encoder = OpenCLIP(*tiny_open_clip)
+    calls = count_encoder_calls(encoder, monkeypatch)
+    cache = EmbeddingCache(encoder, batch_size=2)
+    cache.encode(["a", "b", "a", ""])
+    condition = cache.encode(["b", "c", "", "c"])
+    assert calls == [2, 1, 1]  # a, b | "" | c
+    assert condition.tokens.shape[0] == 4
+    torch.testing.assert_close(condition.tokens[1], condition.tokens[3], rtol=0, atol=0)
+
+
+def test_memo_keeps_the_most_recently_used_captions(tiny_open_clip, monkeypatch):
+    encoder = OpenCLIP(*tiny_open_clip)
+    calls = count_encoder_calls(encoder, monkeypatch)
+    cache = EmbeddingCache(encoder, capacity=2)
+    cache.encode(["a", "b", "c"])  # more than the capacity in one batch still works
+    cache.encode(["c"])
+    cache.encode(["a"])
+    assert calls == [3, 1]
+
+
+def test_precomputed_file_serves_captions_without_the_model(tiny_open_clip, monkeypatch, tmp_path):
+    encoder = OpenCLIP(*tiny_open_clip)
+    path = save_embeddings(
+        encoder, CAPTIONS[:300] + CAPTIONS[:10], tmp_path / "captions.safetensors", batch_size=128
+    )
+    expected = encoder.encode(CAPTIONS[:3])
+    calls = count_encoder_calls(encoder, monkeypatch)
+    cache = EmbeddingCache(encoder, file=path)
+    served = cache.encode(CAPTIONS[:3])
+    assert calls == []
+    torch.testing.assert_close(served.pooled, expected.pooled)
+    assert torch.equal(served.mask, expected.mask)
+    cache.encode([""])  # a caption outside the file (the null prompt) falls back to the model
+    assert calls == [1]
+
+
+def test_file_built_by_another_encoder_is_refused(tiny_open_clip, tiny_transformers_clip, tmp_path):
+    path = save_embeddings(OpenCLIP(*tiny_open_clip), ["a cube"], tmp_path / "captions.safetensors")
+    with pytest.raises(UserError, match="built by a different encoder"):
+        EmbeddingCache(OpenCLIP(*tiny_open_clip, layer="penultimate"), file=path)
+    with pytest.raises(UserError, match=r"OpenCLIP\(layer=last.*TransformersCLIP\(layer=last"):
+        EmbeddingCache(TransformersCLIP(tiny_transformers_clip), file=path)
+
+
+def test_trainable_encoders_and_missing_files_are_user_errors(tiny_open_clip, tmp_path):
+    with pytest.raises(UserError, match="cannot be cached"):
+        EmbeddingCache(OpenCLIP(*tiny_open_clip, trainable=True))
+    with pytest.raises(UserError, match="does not exist"):
+        EmbeddingCache(OpenCLIP(*tiny_open_clip), file=tmp_path / "missing.safetensors")
