@@ -13,7 +13,8 @@ import torch.nn.functional as F
 from torch import nn
 
 
-def timestep_frequencies(t: torch.Tensor, dim: int, max_period: float = 10000.0, freq_shift: float = 0.0) -> torch.Tensor:
+def timestep_frequencies(t: torch.Tensor, dim: int, max_period: float = 10000.0,
+                         freq_shift: float = 0.0) -> torch.Tensor:
     """Sinusoidal timestep features ``[cos, sin]`` (the DiT / ADM convention).
 
     ``freq_shift`` = 1 reproduces diffusers' ``Timesteps(downscale_freq_shift=1)`` used by its DiT.

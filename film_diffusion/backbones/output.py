@@ -8,6 +8,7 @@ from diffusers.utils import BaseOutput
 
 @dataclass
 class DenoiserOutput(BaseOutput):
-    """sample: the prediction (epsilon, v or flow velocity), the input's shape (twice the channels with learned sigma)."""
+    """sample: the prediction (epsilon, v or flow velocity), the input's shape
+    (twice the channels with learned sigma)."""
 
     sample: torch.Tensor

@@ -30,7 +30,7 @@ class AdaLNZero(ConditioningMethod):
         self.generator = SiteParameterGenerator(wiring.embed_dim, sizes, zero_init=zero_init)
 
     def register(self, signals: Signals, state: SiteState) -> None:
-        for site, params in zip(self.sites, self.generator(self.drive_vector(signals))):
+        for site, params in zip(self.sites, self.generator(self.drive_vector(signals)), strict=True):
             if site.kind == "norm":
                 shift, scale = params.chunk(2, dim=-1)
                 state.add_affine(site, scale + 1.0, shift)

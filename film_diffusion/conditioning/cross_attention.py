@@ -57,7 +57,7 @@ class CrossAttention(ConditioningMethod):
         if all(m is None for m in mask):
             return torch.cat(tokens, dim=1), None
         full = [torch.ones(t.shape[:2], dtype=torch.bool, device=t.device) if m is None else m
-                for t, m in zip(tokens, mask)]
+                for t, m in zip(tokens, mask, strict=True)]
         return torch.cat(tokens, dim=1), torch.cat(full, dim=1)
 
     def register(self, signals: Signals, state: SiteState) -> None:

@@ -50,6 +50,6 @@ class FiLM(ConditioningMethod):
                                                 depth=depth, hidden_dim=hidden_dim, zero_init=zero_init)
 
     def register(self, signals: Signals, state: SiteState) -> None:
-        for site, params in zip(self.sites, self.generator(self.drive_vector(signals))):
+        for site, params in zip(self.sites, self.generator(self.drive_vector(signals)), strict=True):
             gamma, beta = params.chunk(2, dim=-1)
             state.add_affine(site, gamma + self.gamma_offset, beta)

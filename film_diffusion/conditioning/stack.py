@@ -6,6 +6,7 @@ new file plus one line here; no backbone changes.
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Sequence
 from typing import Any
 
@@ -58,10 +59,13 @@ def parse_methods(conditioning: MethodSpec | Sequence[MethodSpec] | None) -> lis
 
 
 def build_method(name: str, wiring: Wiring, options: dict[str, Any]) -> ConditioningMethod:
-    try:
-        return METHODS[name](wiring, **options)
-    except TypeError as err:
-        raise UserError(f"Bad option for conditioning method {name!r} ({err}); see its docstring for the options.") from None
+    cls = METHODS[name]
+    accepted = [p for p in inspect.signature(cls.__init__).parameters if p not in ("self", "wiring")]
+    unknown = sorted(set(options) - set(accepted))
+    if unknown:
+        raise UserError(f"Bad option {', '.join(map(repr, unknown))} for conditioning method {name!r}; "
+                        f"its options are: {', '.join(accepted)}.")
+    return cls(wiring, **options)
 
 
 class ConditioningStack(nn.Module):

@@ -1,0 +1,103 @@
+"""The backbone/method contract, the errors users see, and the DiT paper's model sizes."""
+
+import re
+from pathlib import Path
+
+import pytest
+import torch
+from factories import noisy_batch, text_condition, tiny_model
+
+import film_diffusion
+from film_diffusion import METHODS, DiT, UNet, dit_from_preset
+from film_diffusion.errors import UserError
+
+BACKBONE_FILES = sorted((Path(film_diffusion.__file__).parent / "backbones").glob("*.py"))
+
+
+@pytest.mark.parametrize("path", BACKBONE_FILES, ids=lambda p: p.name)
+def test_backbones_never_branch_on_a_method(path):
+    source = path.read_text()
+    names = "|".join(METHODS)
+    classes = "|".join(cls.__name__ for cls in METHODS.values())
+    assert not re.search(rf"(==|!=|\bin\b)\s*[\[\(\{{]?\s*[\"']({names})[\"']", source)
+    assert not re.search(rf"isinstance\([^)]*\b({classes})\b", source)
+    assert not re.search(r"film_diffusion\.conditioning\.(film|adaln_zero|cross_attention|concat)\b", source)
+
+
+def test_unknown_method_names_the_choices():
+    with pytest.raises(UserError, match=r"Unknown conditioning method 'flim'; choose from adaln_zero, concat, "):
+        tiny_model("dit", ["flim"])
+
+
+@pytest.mark.parametrize("backbone", ["dit", "unet"])
+def test_missing_token_dim_names_the_fix(backbone):
+    with pytest.raises(UserError, match=r"'cross_attention' needs condition tokens: set cond_token_dim"):
+        tiny_model(backbone, ["cross_attention"], cond_token_dim=None)
+
+
+def test_missing_pooled_dim_names_the_fix():
+    with pytest.raises(UserError, match=r"'film' needs a pooled condition: set cond_pooled_dim"):
+        tiny_model("dit", ["film"], cond_pooled_dim=None)
+
+
+def test_sample_size_must_be_divisible_by_patch_size():
+    with pytest.raises(UserError, match=r"sample_size=30 is not divisible by patch_size=4; choose a sample_size"):
+        DiT(sample_size=30, patch_size=4)
+
+
+def test_other_config_errors():
+    with pytest.raises(UserError, match="Unknown timestep_route 'sideways'"):
+        tiny_model("dit", ["film"], "sideways")
+    with pytest.raises(UserError, match="listed twice"):
+        tiny_model("dit", ["film", "film"])
+    with pytest.raises(UserError, match=r"Bad option 'gama' for conditioning method 'film'; its options are: gamma"):
+        tiny_model("dit", [{"name": "film", "gama": "raw"}])
+    with pytest.raises(UserError, match="placement='inside' is unknown"):
+        tiny_model("dit", [{"name": "film", "placement": "inside"}])
+    with pytest.raises(UserError, match="needs at least one conditioning method"):
+        tiny_model("dit", None, "with_condition")
+    with pytest.raises(UserError, match="attention_levels \\[3\\] are out of range"):
+        UNet(block_out_channels=(32, 64), attention_levels=(3,))
+    with pytest.raises(UserError, match="num_classes is set but no listed method reads a pooled condition"):
+        tiny_model("dit", ["cross_attention"], num_classes=3)
+
+
+def test_missing_condition_at_call_time_names_it():
+    model = tiny_model("dit", ["cross_attention"])
+    sample, t = noisy_batch()
+    with pytest.raises(ValueError, match="needs condition tokens, but the call gave none"):
+        model(sample, t)
+    with pytest.raises(ValueError, match="class_labels were passed to a model built without num_classes"):
+        model(sample, t, condition=text_condition(), class_labels=torch.tensor([0, 1]))
+
+
+def test_unconditional_model_takes_only_the_timestep():
+    model = tiny_model("unet", None, cond_token_dim=None, cond_pooled_dim=None)
+    assert list(model.conditioner.methods) == ["timestep"]
+    sample, t = noisy_batch()
+    assert model(sample, t).sample.shape == sample.shape
+
+
+@pytest.mark.parametrize(("name", "paper_millions"), [("DiT-S/2", 33.0), ("DiT-B/2", 130.0), ("DiT-L/2", 458.0),
+                                                      ("DiT-XL/2", 675.0)])
+def test_dit_presets_match_the_paper(name, paper_millions):
+    with torch.device("meta"):
+        model = dit_from_preset(name, sample_size=32, in_channels=4, num_classes=1000, conditioning="adaln_zero",
+                                learn_sigma=True)
+    millions = sum(p.numel() for p in model.parameters()) / 1e6
+    assert abs(millions - paper_millions) / paper_millions < 0.01, millions
+
+
+def test_unknown_preset():
+    with pytest.raises(UserError, match="Unknown DiT preset 'DiT-M/2'"):
+        dit_from_preset("DiT-M/2")
+
+
+@pytest.mark.parametrize("backbone", ["dit", "unet"])
+def test_scalar_and_batched_timesteps_agree(backbone):
+    model = tiny_model(backbone, ["film"]).eval()
+    sample, _ = noisy_batch()
+    with torch.no_grad():
+        a = model(sample, 250, condition=text_condition()).sample
+        b = model(sample, torch.tensor([250, 250]), condition=text_condition()).sample
+    assert torch.equal(a, b)

@@ -1,0 +1,72 @@
+"""Every method and listed combination, on both backbones, for both timestep routes."""
+
+import pytest
+import torch
+from factories import noisy_batch, randomize_, text_condition, tiny_model
+
+METHOD_LISTS = [
+    ["film"],
+    ["adaln_zero"],
+    ["cross_attention"],
+    ["concat"],
+    ["adaln_zero", "cross_attention"],
+    ["film", "cross_attention"],
+    ["film", "concat"],
+]
+CASES = [(b, m, r) for b in ("dit", "unet") for m in METHOD_LISTS for r in ("native", "with_condition")]
+
+
+def case_id(case) -> str:
+    backbone, methods, route = case
+    return f"{backbone}-{'+'.join(methods)}-{route}"
+
+
+@pytest.mark.parametrize("case", CASES, ids=case_id)
+def test_forward_backward_and_round_trip(case, tmp_path):
+    backbone, methods, route = case
+    model = randomize_(tiny_model(backbone, methods, route))
+    sample, t = noisy_batch()
+    condition = text_condition()
+
+    out = model(sample, t, condition=condition).sample
+    assert out.shape == sample.shape
+    assert torch.isfinite(out).all()
+
+    out.square().mean().backward()
+    for name, p in model.named_parameters():
+        assert p.grad is not None, f"no gradient reached {name}"
+        assert p.grad.abs().sum() > 0, f"zero gradient at {name}"
+
+    model.save_pretrained(tmp_path)
+    assert (tmp_path / "diffusion_pytorch_model.safetensors").is_file()
+    loaded = type(model).from_pretrained(tmp_path)
+    model.eval(), loaded.eval()
+    with torch.no_grad():
+        assert torch.equal(model(sample, t, condition=condition).sample, loaded(sample, t, condition=condition).sample)
+
+
+@pytest.mark.parametrize("backbone", ["dit", "unet"])
+@pytest.mark.parametrize("methods", [["adaln_zero"], ["film"], ["concat"]])
+def test_class_labels_with_learned_sigma(backbone, methods):
+    kwargs = {"learn_sigma": True} if backbone == "dit" else {"out_channels": 8}
+    model = randomize_(tiny_model(backbone, methods, num_classes=5, cond_token_dim=None, cond_pooled_dim=None,
+                                  **kwargs))
+    sample, t = noisy_batch()
+    labels = torch.tensor([1, model.null_class_label])
+    out = model(sample, t, class_labels=labels).sample
+    assert out.shape == (2, 8, 8, 8)
+    assert model.null_class_label == 5
+    # the label changes the prediction, the null label is a class like any other
+    other = model(sample, t, class_labels=torch.tensor([2, 0])).sample
+    assert not torch.allclose(out, other)
+
+
+@pytest.mark.parametrize("backbone", ["dit", "unet"])
+def test_condition_changes_the_prediction_for_every_method(backbone):
+    for methods in METHOD_LISTS:
+        model = randomize_(tiny_model(backbone, methods)).eval()
+        sample, t = noisy_batch()
+        with torch.no_grad():
+            a = model(sample, t, condition=text_condition(seed=0)).sample
+            b = model(sample, t, condition=text_condition(seed=1)).sample
+        assert not torch.allclose(a, b), methods

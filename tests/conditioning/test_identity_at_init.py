@@ -1,0 +1,120 @@
+"""Every conditioning path starts as the identity, and padded or appended tokens go nowhere they should not."""
+
+import pytest
+import torch
+from factories import noisy_batch, randomize_, text_condition, tiny_model
+
+from film_diffusion.backbones.dit import DiTBlock
+from film_diffusion.backbones.unet import ResBlock
+
+
+def record_io(model, block_type):
+    records = []
+    hooks = [m.register_forward_hook(lambda mod, args, out: records.append((mod, args[0], out)))
+             for m in model.modules() if isinstance(m, block_type)]
+    return records, hooks
+
+
+@pytest.mark.parametrize("route", ["native", "with_condition"])
+def test_every_adaln_zero_dit_block_is_the_identity_at_init(route):
+    model = tiny_model("dit", ["adaln_zero"], route)
+    records, _ = record_io(model, DiTBlock)
+    sample, t = noisy_batch()
+    model(sample, t, condition=text_condition())
+    assert len(records) == model.config.depth
+    for _, block_in, block_out in records:
+        assert torch.equal(block_in, block_out)
+
+
+def test_dit_timestep_path_is_the_identity_at_init_for_every_method():
+    for methods in (["film"], ["cross_attention"], ["film", "cross_attention"]):
+        model = tiny_model("dit", methods)  # native route: the timestep's adaLN-Zero is zero-initialised too
+        records, _ = record_io(model, DiTBlock)
+        sample, t = noisy_batch()
+        model(sample, t, condition=text_condition())
+        assert all(torch.equal(i, o) for _, i, o in records), methods
+
+
+def test_adaln_zero_unet_resblocks_start_with_a_zero_residual_branch():
+    model = tiny_model("unet", ["adaln_zero"], "with_condition")
+    records, _ = record_io(model, ResBlock)
+    sample, t = noisy_batch()
+    model(sample, t, condition=text_condition())
+    assert len(records) == 2 + 2 + 2 * 2  # down (1 per level), mid (2), up (2 per level)
+    for block, block_in, block_out in records:
+        assert torch.equal(block.skip(block_in), block_out)
+        if block_in.shape == block_out.shape:
+            assert torch.equal(block_in, block_out)
+
+
+@pytest.mark.parametrize("backbone", ["dit", "unet"])
+@pytest.mark.parametrize("placement", ["after_norm", "after_residual", "before_block"])
+def test_film_with_one_plus_delta_leaves_features_unchanged_at_init(backbone, placement):
+    model = tiny_model(backbone, [{"name": "film", "placement": placement}], "with_condition")
+    film = model.conditioner.methods["film"]
+    assert len(film.sites) > 0
+    sample, t = noisy_batch()
+    state = model.conditioner(model.t_embedder(t), text_condition())
+    for site in film.sites:
+        shape = (2, site.channels, 4, 4) if site.layout == "image" else (2, 5, site.channels)
+        x = torch.randn(shape)
+        assert torch.equal(state.affine(site.name, x), x), site.name
+
+
+def test_film_raw_gamma_is_not_the_identity():
+    model = tiny_model("dit", [{"name": "film", "gamma": "raw"}], "with_condition")
+    state = model.conditioner(model.t_embedder(torch.tensor([1, 2])), text_condition())
+    site = model.conditioner.methods["film"].sites[0]
+    x = torch.randn(2, 5, site.channels)
+    assert torch.equal(state.affine(site.name, x), torch.zeros_like(x))  # gamma = 0, beta = 0 at init
+
+
+@pytest.mark.parametrize("backbone", ["dit", "unet"])
+def test_cross_attention_is_zero_initialised_and_can_opt_out(backbone):
+    default = tiny_model(backbone, ["cross_attention"])
+    for proj in default.conditioner.methods["cross_attention"].to_out:
+        assert proj.weight.abs().sum() == 0 and proj.bias.abs().sum() == 0
+    opted_out = tiny_model(backbone, [{"name": "cross_attention", "zero_init": False}])
+    assert all(p.weight.abs().sum() > 0 for p in opted_out.conditioner.methods["cross_attention"].to_out)
+
+
+def test_adaln_zero_option_off_gives_non_identity_blocks():
+    model = tiny_model("dit", [{"name": "adaln_zero", "zero_init": False}])
+    records, _ = record_io(model, DiTBlock)
+    sample, t = noisy_batch()
+    model(sample, t, condition=text_condition())
+    assert not any(torch.equal(i, o) for _, i, o in records)
+
+
+@pytest.mark.parametrize(("backbone", "methods"), [("dit", ["cross_attention"]), ("unet", ["cross_attention"]),
+                                                 ("dit", ["concat"])])  # the U-Net's concat reads only pooled
+def test_padded_tokens_change_nothing(backbone, methods):
+    model = randomize_(tiny_model(backbone, methods)).eval()
+    sample, t = noisy_batch()
+    condition = text_condition()
+    assert not condition.mask[0, -1]
+    changed = text_condition()
+    changed.tokens[0, -2:] = torch.randn(2, changed.tokens.shape[-1]) * 100
+    with torch.no_grad():
+        a = model(sample, t, condition=condition).sample
+        b = model(sample, t, condition=changed).sample
+        assert torch.equal(a[0], b[0])
+        changed.tokens[0, 0] += 1.0  # a real token does matter
+        c = model(sample, t, condition=changed).sample
+    assert not torch.allclose(a[0], c[0])
+
+
+@pytest.mark.parametrize("route", ["native", "with_condition"])
+def test_concat_tokens_never_reach_the_output_grid(route):
+    model = randomize_(tiny_model("dit", ["concat"], route))
+    seen = []
+    model.final_layer.register_forward_hook(lambda mod, args, out: seen.append(args[0].shape))
+    block_lengths = []
+    model.blocks[0].register_forward_hook(lambda mod, args, out: block_lengths.append(args[0].shape[1]))
+    sample, t = noisy_batch()
+    out = model(sample, t, condition=text_condition()).sample
+    patches = model.grid ** 2
+    extra = text_condition().tokens.shape[1] + 1 + (route == "with_condition")  # tokens, pooled, timestep
+    assert block_lengths == [patches + extra]
+    assert seen == [torch.Size([2, patches, 32])]
+    assert out.shape == sample.shape
