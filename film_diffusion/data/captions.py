@@ -1,0 +1,101 @@
+"""Captions for the built-in scenes: several templates with varied wording, each a pure function of
+the objects, so that any module can caption a scene it changed (counterfactual captions)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from film_diffusion.data.vocabulary import cell_row_col
+from film_diffusion.errors import UserError
+
+NUMBERS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
+POSITION_PHRASES = {
+    "top left": "at the top left", "top": "at the top", "top right": "at the top right",
+    "left": "on the left", "center": "in the center", "right": "on the right",
+    "bottom left": "at the bottom left", "bottom": "at the bottom", "bottom right": "at the bottom right",
+}  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Template:
+    """How to word a scene; ``min_objects`` > 1 for templates that relate two objects."""
+
+    render: Callable[[Sequence[dict]], str]
+    min_objects: int = 1
+
+
+def _join(parts: Sequence[str]) -> str:
+    return parts[0] if len(parts) == 1 else ", ".join(parts[:-1]) + " and " + parts[-1]
+
+
+def _a(word: str) -> str:
+    return f"{'an' if word[0] in 'aeiou' else 'a'} {word}"
+
+
+def _noun(obj: dict) -> str:
+    return _a(f"{obj['size']} {obj['color']} {obj['shape']}")
+
+
+def _placed(obj: dict) -> str:
+    return f"{_noun(obj)} {POSITION_PHRASES[obj['cell']]}"
+
+
+def _full(objects: Sequence[dict]) -> str:
+    return _join([_placed(o) for o in objects])
+
+
+def _counted(objects: Sequence[dict]) -> str:
+    return f"{NUMBERS[len(objects)]} {'shape' if len(objects) == 1 else 'shapes'}: {_full(objects)}"
+
+
+def _position_first(objects: Sequence[dict]) -> str:
+    return _join([f"{POSITION_PHRASES[o['cell']]} there is {_noun(o)}" for o in objects])
+
+
+def _attributes(objects: Sequence[dict]) -> str:
+    return _join([_noun(o) for o in objects])
+
+
+def _counts(objects: Sequence[dict]) -> str:
+    groups: dict[tuple[str, str], int] = {}
+    for o in objects:  # dicts keep first-seen order, so the wording follows the object order
+        groups[o["color"], o["shape"]] = groups.get((o["color"], o["shape"]), 0) + 1
+    return _join([_a(f"{c} {s}") if n == 1 else f"{NUMBERS[n]} {c} {s}s" for (c, s), n in groups.items()])
+
+
+def relation(a: dict, b: dict) -> str:
+    """Where ``a`` is relative to ``b``: the larger of the column and row offsets decides."""
+    (row_a, col_a), (row_b, col_b) = cell_row_col(a["cell"]), cell_row_col(b["cell"])
+    if abs(col_a - col_b) >= abs(row_a - row_b):
+        return "to the left of" if col_a < col_b else "to the right of"
+    return "above" if row_a < row_b else "below"
+
+
+def _relation(objects: Sequence[dict]) -> str:
+    first, second, *rest = objects
+    text = f"{_noun(first)} {relation(first, second)} {_noun(second)}"
+    return text + (f", with {_full(rest)}" if rest else "")
+
+
+TEMPLATES: dict[str, Template] = {
+    "full": Template(_full),
+    "counted": Template(_counted),
+    "position_first": Template(_position_first),
+    "attributes": Template(_attributes),
+    "counts": Template(_counts),
+    "relation": Template(_relation, min_objects=2),
+}
+
+
+def caption(objects: Sequence[dict], template: str = "full") -> str:
+    """The caption of ``objects`` (dicts with color, shape, size, cell) worded by ``template``.
+
+    "full" names every attribute of every object, in order, so changing one attribute of one object
+    changes exactly one word of it.
+    """
+    if template not in TEMPLATES:
+        raise UserError(f"Unknown caption template '{template}'; choose one of {', '.join(TEMPLATES)}.")
+    if len(objects) < TEMPLATES[template].min_objects:
+        raise ValueError(f"Template '{template}' needs at least {TEMPLATES[template].min_objects} objects.")
+    return TEMPLATES[template].render(objects)

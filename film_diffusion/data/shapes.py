@@ -1,0 +1,130 @@
+"""The built-in synthetic scenes (config name ``shapes``): 2D CLEVR-like boards of coloured shapes on
+a 3x3 grid, each with its caption and exact ground truth. Item ``index`` of a split is a pure function
+of ``(seed, split, index)``, so every run and every worker process sees the same bytes.
+
+A compositional split in the manner of CLEVR-CoGenT: ``holdout`` lists (colour, shape) pairs that
+never appear in "train" or "val"; "test" is then made only of them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from film_diffusion.data.captions import TEMPLATES, caption
+from film_diffusion.data.render import render
+from film_diffusion.data.vocabulary import CELLS, COLORS, SHAPES, SIZES
+from film_diffusion.errors import UserError
+
+SPLITS = {"train": 0, "val": 1, "test": 2}
+DEFAULT_LENGTH = {"train": 50_000, "val": 1_000, "test": 1_000}
+ALL_PAIRS: tuple[tuple[str, str], ...] = tuple((c, s) for c in COLORS for s in SHAPES)
+_SCENE, _RENDER, _CAPTION = 0, 1, 2  # independent random streams per item
+
+
+def item_rng(seed: int, split: str, index: int, stream: int) -> np.random.Generator:
+    """The generator for one item's scene, rendering or caption; seeded only by its arguments."""
+    return np.random.default_rng([seed, SPLITS[split], index, stream])
+
+
+def sample_objects(
+    rng: np.random.Generator, min_objects: int, max_objects: int, pairs: Sequence[tuple[str, str]] = ALL_PAIRS
+) -> list[dict]:
+    """Between ``min_objects`` and ``max_objects`` objects in distinct cells, (colour, shape) from ``pairs``."""
+    count = int(rng.integers(min_objects, max_objects + 1))
+    cells = rng.choice(len(CELLS), size=count, replace=False)
+    pair_ids = rng.integers(len(pairs), size=count)
+    sizes = rng.integers(len(SIZES), size=count)
+    return [
+        {"color": pairs[p][0], "shape": pairs[p][1], "size": SIZES[s], "cell": CELLS[c]}
+        for p, s, c in zip(pair_ids.tolist(), sizes.tolist(), cells.tolist(), strict=True)
+    ]
+
+
+def to_tensor(pixels: np.ndarray) -> torch.Tensor:
+    """uint8 ``[H, W, 3]`` -> float ``[3, H, W]`` in [-1, 1], the range every model here reads."""
+    return torch.from_numpy(pixels).permute(2, 0, 1).float().div_(127.5).sub_(1)
+
+
+class ShapesDataset(Dataset):
+    """Rendered scenes; an item is ``{"image": [3, H, W] in [-1, 1], "caption": str, "objects": [...]}``.
+
+    Each object is a dict with ``color``, ``shape``, ``size`` and ``cell`` (names from
+    :mod:`film_diffusion.data.vocabulary`). ``templates`` restricts the caption wordings (default: all).
+    """
+
+    def __init__(
+        self,
+        resolution: int = 32,
+        split: str = "train",
+        seed: int = 0,
+        max_objects: int = 3,
+        holdout: Iterable[Sequence[str]] | None = None,
+        length: int | None = None,
+        min_objects: int = 1,
+        templates: Sequence[str] | None = None,
+    ) -> None:
+        if split not in SPLITS:
+            raise UserError(f"Unknown split '{split}'; choose one of {', '.join(SPLITS)}.")
+        if not 16 <= resolution <= 256:
+            raise UserError(f"Resolution {resolution} is out of range; choose a value from 16 to 256.")
+        if not 1 <= min_objects <= max_objects <= len(CELLS):
+            raise UserError(
+                f"Objects per scene must satisfy 1 <= min_objects <= max_objects <= {len(CELLS)}, "
+                f"got {min_objects} and {max_objects}; change them."
+            )
+        self.resolution, self.split, self.seed = resolution, split, seed
+        self.min_objects, self.max_objects = min_objects, max_objects
+        self.holdout = _check_holdout(holdout)
+        self.pairs = _pairs_for(split, self.holdout)
+        self.length = DEFAULT_LENGTH[split] if length is None else length
+        self.templates = tuple(TEMPLATES) if templates is None else tuple(templates)
+        unknown = [t for t in self.templates if t not in TEMPLATES]
+        if unknown or not self.templates:
+            raise UserError(f"Unknown caption templates {unknown}; choose from {', '.join(TEMPLATES)}.")
+        if all(TEMPLATES[t].min_objects > min_objects for t in self.templates):
+            raise UserError(f"No chosen template can caption a scene of {min_objects} object(s); add 'full'.")
+
+    def __len__(self) -> int:
+        return self.length
+
+    def scene(self, index: int) -> tuple[list[dict], str]:
+        """The objects and caption of item ``index`` without rendering it (cheap)."""
+        if not 0 <= index < self.length:
+            raise IndexError(f"Index {index} is out of range for a dataset of {self.length} items.")
+        objects = sample_objects(
+            item_rng(self.seed, self.split, index, _SCENE), self.min_objects, self.max_objects, self.pairs
+        )
+        usable = [t for t in self.templates if TEMPLATES[t].min_objects <= len(objects)]
+        template = usable[int(item_rng(self.seed, self.split, index, _CAPTION).integers(len(usable)))]
+        return objects, caption(objects, template)
+
+    def __getitem__(self, index: int) -> dict:
+        objects, text = self.scene(index)
+        pixels = render(objects, self.resolution, item_rng(self.seed, self.split, index, _RENDER))
+        return {"image": to_tensor(pixels), "caption": text, "objects": objects}
+
+
+def _check_holdout(holdout: Iterable[Sequence[str]] | None) -> frozenset[tuple[str, str]]:
+    pairs = frozenset(tuple(pair) for pair in holdout or ())
+    for pair in pairs:
+        if pair not in ALL_PAIRS:
+            raise UserError(
+                f"Holdout pair {list(pair)} is not a (colour, shape) pair; use colours from {', '.join(COLORS)} "
+                f"and shapes from {', '.join(SHAPES)}, e.g. [red, circle]."
+            )
+    if len(pairs) == len(ALL_PAIRS):
+        raise UserError("The holdout lists every (colour, shape) pair, leaving nothing to train on; list fewer.")
+    return pairs
+
+
+def _pairs_for(split: str, holdout: frozenset[tuple[str, str]]) -> tuple[tuple[str, str], ...]:
+    """Training and validation scenes avoid the held-out pairs; the test split uses only them."""
+    if not holdout:
+        return ALL_PAIRS
+    if split == "test":
+        return tuple(p for p in ALL_PAIRS if p in holdout)
+    return tuple(p for p in ALL_PAIRS if p not in holdout)
