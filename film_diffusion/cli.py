@@ -20,12 +20,40 @@ def _add_smoke(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--steps", type=int, default=2, help="training steps per model (default 2)")
 
 
+def _train_oracle(args: argparse.Namespace) -> None:
+    from film_diffusion.evaluation.oracle import cache_dir, weights_name
+    from film_diffusion.evaluation.oracle_training import evaluate_oracle, train_oracle
+
+    output = args.output or cache_dir() / weights_name(args.resolution)
+    oracle = train_oracle(args.resolution, steps=args.steps, batch_size=args.batch_size, seed=args.seed,
+                          workers=args.workers)  # fmt: skip
+    oracle.save(output)
+    scores = evaluate_oracle(oracle, num_images=args.eval_images)
+    print(f"saved {output}; accuracy on {args.eval_images} fresh test scenes: "
+          + ", ".join(f"{k} {v:.4f}" for k, v in scores.items()))  # fmt: skip
+
+
+def _add_train_oracle(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--resolution", type=int, required=True, help="image size in pixels (16 to 256)")
+    parser.add_argument("--steps", type=int, default=1000, help="training steps (default 1000)")
+    parser.add_argument("--batch-size", type=int, default=128, help="scenes per step (default 128)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the training scenes and weights (default 0)")
+    parser.add_argument("--workers", type=int, default=1, help="processes rendering scenes (default 1)")
+    parser.add_argument("--eval-images", type=int, default=2000, help="fresh scenes to report accuracy on")
+    parser.add_argument("--output", help="weights file (default: the user cache, where load_oracle looks)")
+
+
 # name -> (one-line help, add its arguments, run it)
 COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], None]]] = {
     "smoke": (
         "Build every conditioning method on both backbones and run a few forward/backward steps on the CPU.",
         _add_smoke,
         _smoke,
+    ),
+    "train-oracle": (
+        "Train the oracle that reads built-in scenes back from pixels, for one resolution, on the CPU.",
+        _add_train_oracle,
+        _train_oracle,
     ),
 }
 
