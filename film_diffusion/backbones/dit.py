@@ -54,10 +54,10 @@ class DiTBlock(nn.Module):
     def forward(self, x: torch.Tensor, state: SiteState, key_mask: torch.Tensor | None) -> torch.Tensor:
         x = state.affine(self.site_in, x)                                   # (B, T, H)
         h = state.affine(self.site_attn_norm, self.norm1(x))
-        x = x + state.gate(self.site_attn_gate, self.attn(h, key_mask))
+        x = state.gated_add(self.site_attn_gate, x, self.attn(h, key_mask))
         x = state.residual(self.site_context, x)
         h = state.affine(self.site_mlp_norm, self.norm2(x))
-        x = x + state.gate(self.site_mlp_gate, self.mlp(h))
+        x = state.gated_add(self.site_mlp_gate, x, self.mlp(h))
         return state.affine(self.site_out, x)
 
 

@@ -45,7 +45,7 @@ class ResBlock(nn.Module):
         x = state.affine(self.site_in, x)                                  # (B, C_in, H, W)
         h = self.conv1(F.silu(self.norm1(x)))
         h = self.conv2(F.silu(state.affine(self.site_norm, self.norm2(h))))  # (B, C_out, H, W)
-        return state.affine(self.site_out, self.skip(x) + state.gate(self.site_gate, h))
+        return state.affine(self.site_out, state.gated_add(self.site_gate, self.skip(x), h))
 
 
 class AttentionBlock(nn.Module):
@@ -65,11 +65,11 @@ class AttentionBlock(nn.Module):
 
     def forward(self, x: torch.Tensor, state: SiteState) -> torch.Tensor:
         b, c, h, w = x.shape
-        t = self.proj_in(self.norm(x).flatten(2).transpose(1, 2))  # (B, HW, C)
+        t = self.proj_in(self.norm(x).flatten(2).transpose(1, 2))  # (B, HW, C): a view for channels_last input
         t = t + self.attn(self.norm1(t))
         t = state.residual(self.site_context, t)
         t = t + self.mlp(self.norm2(t))
-        return x + self.proj_out(t).transpose(1, 2).reshape(b, c, h, w)
+        return x + self.proj_out(t).view(b, h, w, c).permute(0, 3, 1, 2)  # back to (B, C, H, W) without a copy
 
 
 class Level(nn.Module):

@@ -104,10 +104,14 @@ class SiteState:
             x = torch.addcmul(shift, x, scale)
         return x
 
-    def gate(self, site: str, branch: torch.Tensor) -> torch.Tensor:
-        for gate in self._gates.get(site, ()):
+    def gated_add(self, site: str, x: torch.Tensor, branch: torch.Tensor) -> torch.Tensor:
+        """``x + gate * branch``: the residual add of a gated branch, in one fused op for a single gate."""
+        gates = self._gates.get(site, ())
+        if not gates:
+            return x + branch
+        for gate in gates[1:]:
             branch = branch * gate
-        return branch
+        return torch.addcmul(x, branch, gates[0])
 
     def residual(self, site: str, x: torch.Tensor) -> torch.Tensor:
         for update in self._residuals.get(site, ()):

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from factories import noisy_batch, text_condition, tiny_model
+from factories import noisy_batch, randomize_, text_condition, tiny_model
 
 import film_diffusion
 from film_diffusion import METHODS, DiT, UNet, dit_from_preset
@@ -101,3 +101,13 @@ def test_scalar_and_batched_timesteps_agree(backbone):
         a = model(sample, 250, condition=text_condition()).sample
         b = model(sample, torch.tensor([250, 250]), condition=text_condition()).sample
     assert torch.equal(a, b)
+
+
+def test_channels_last_unet_gives_the_same_output():
+    model = randomize_(tiny_model("unet", ["film", "cross_attention"])).eval()
+    sample, t = noisy_batch()
+    with torch.no_grad():
+        expected = model(sample, t, condition=text_condition()).sample
+        model.to(memory_format=torch.channels_last)
+        got = model(sample.to(memory_format=torch.channels_last), t, condition=text_condition()).sample
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
