@@ -48,13 +48,13 @@ class ImageFolderDataset(Dataset):
                            self.root)  # fmt: skip
         if not self.samples:
             raise UserError(f"No readable image is listed in {self.root / METADATA}; add images or fix the files.")
-        self.transform = transforms.Compose([
+        steps = [
             transforms.Resize(resolution, interpolation=transforms.InterpolationMode.BICUBIC, antialias=True),
             transforms.CenterCrop(resolution) if center_crop else transforms.RandomCrop(resolution),
-            transforms.RandomHorizontalFlip() if random_flip else transforms.Lambda(lambda image: image),
-            transforms.ToTensor(),
-            transforms.Normalize([0.5], [0.5]),
-        ])  # fmt: skip
+        ]
+        if random_flip:
+            steps.append(transforms.RandomHorizontalFlip())
+        self.transform = transforms.Compose([*steps, transforms.ToTensor(), transforms.Normalize([0.5], [0.5])])
 
     def __len__(self) -> int:
         return len(self.samples)
