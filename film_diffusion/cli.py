@@ -43,6 +43,17 @@ def _add_train_oracle(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--output", help="weights file (default: the user cache, where load_oracle looks)")
 
 
+def _pretrain_clip(args: argparse.Namespace) -> None:
+    from film_diffusion.encoders.pretrain_clip import run_pretrain_clip
+
+    run_pretrain_clip(args.config, args.overrides)
+
+
+def _add_pretrain_clip(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("config", help="YAML config, e.g. configs/clip_builtin.yaml")
+    parser.add_argument("overrides", nargs="*", help="key=value overrides, e.g. output_dir=runs/clip train.steps=100")
+
+
 # name -> (one-line help, add its arguments, run it)
 COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], None]]] = {
     "smoke": (
@@ -54,6 +65,11 @@ COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Callab
         "Train the oracle that reads built-in scenes back from pixels, for one resolution, on the CPU.",
         _add_train_oracle,
         _train_oracle,
+    ),
+    "pretrain-clip": (
+        "Train the built-in small CLIP (open_clip, contrastive) on the built-in scenes and report its accuracy.",
+        _add_pretrain_clip,
+        _pretrain_clip,
     ),
 }
 

@@ -6,8 +6,9 @@ encoding the same caption twice.
 """
 
 from film_diffusion.encoders.base import TextEncoder
+from film_diffusion.encoders.builtin import builtin_clip
 from film_diffusion.encoders.cache import EmbeddingCache, save_embeddings
 from film_diffusion.encoders.clip_openclip import OpenCLIP
 from film_diffusion.encoders.clip_transformers import TransformersCLIP
 
-__all__ = ["EmbeddingCache", "OpenCLIP", "TextEncoder", "TransformersCLIP", "save_embeddings"]
+__all__ = ["EmbeddingCache", "OpenCLIP", "TextEncoder", "TransformersCLIP", "builtin_clip", "save_embeddings"]

@@ -70,23 +70,18 @@ class EmbeddingCache:
             self._memo.popitem(last=False)
         device = self.encoder.device
         tokens, mask, pooled = (
-            torch.stack([t.to(device) for t in parts])
-            for parts in zip(*map(found.get, captions), strict=True)
+            torch.stack([t.to(device) for t in parts]) for parts in zip(*map(found.get, captions), strict=True)
         )
         return Condition(tokens=tokens, mask=mask, pooled=pooled)
 
 
-def save_embeddings(
-    encoder: TextEncoder, captions: Iterable[str], path: str | Path, batch_size: int = 256
-) -> Path:
+def save_embeddings(encoder: TextEncoder, captions: Iterable[str], path: str | Path, batch_size: int = 256) -> Path:
     """Encode every distinct caption once and write them, with the encoder's identity, to ``path``
     (safetensors); ``EmbeddingCache(encoder, file=path)`` then serves them without the encoder."""
     _require_frozen(encoder)
     unique = list(dict.fromkeys(captions))
     batches = range(0, len(unique), batch_size)
-    parts = [
-        encoder.encode(unique[i : i + batch_size]).to("cpu") for i in tqdm(batches, desc="encoding captions")
-    ]
+    parts = [encoder.encode(unique[i : i + batch_size]).to("cpu") for i in tqdm(batches, desc="encoding captions")]
     condition = Condition.cat(parts)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

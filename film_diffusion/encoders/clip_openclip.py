@@ -40,9 +40,7 @@ class OpenCLIP(TextEncoder):
                 "folder holding open_clip_config.json and the weights, or the path of the weights file."
             )
         try:
-            self.model = open_clip.create_model(
-                model_name, pretrained=None if pretrained is None else str(pretrained)
-            )
+            self.model = open_clip.create_model(model_name, pretrained=None if pretrained is None else str(pretrained))
             self.tokenizer = open_clip.get_tokenizer(model_name)
         except (RuntimeError, FileNotFoundError, ValueError) as err:
             raise UserError(

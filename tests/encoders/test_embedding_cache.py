@@ -61,9 +61,7 @@ def test_memo_keeps_the_most_recently_used_captions(tiny_open_clip, monkeypatch)
 
 def test_precomputed_file_serves_captions_without_the_model(tiny_open_clip, monkeypatch, tmp_path):
     encoder = OpenCLIP(*tiny_open_clip)
-    path = save_embeddings(
-        encoder, CAPTIONS[:300] + CAPTIONS[:10], tmp_path / "captions.safetensors", batch_size=128
-    )
+    path = save_embeddings(encoder, CAPTIONS[:300] + CAPTIONS[:10], tmp_path / "captions.safetensors", batch_size=128)
     expected = encoder.encode(CAPTIONS[:3])
     calls = count_encoder_calls(encoder, monkeypatch)
     cache = EmbeddingCache(encoder, file=path)

@@ -98,9 +98,7 @@ def test_frozen_by_default_trainable_on_request(tiny_open_clip):
     frozen = OpenCLIP(*tiny_open_clip)
     assert not any(p.requires_grad for p in frozen.parameters()) and not frozen.train().training
     trainable = OpenCLIP(*tiny_open_clip, trainable=True).train()
-    loss = (
-        trainable.encode(["a cube"]).pooled.sum() + trainable.encode_images(torch.zeros(1, 3, 16, 16)).sum()
-    )
+    loss = trainable.encode(["a cube"]).pooled.sum() + trainable.encode_images(torch.zeros(1, 3, 16, 16)).sum()
     loss.backward()
     assert trainable.model.text_projection.grad is not None and trainable.model.visual.proj.grad is not None
 

@@ -1,0 +1,156 @@
+"""Train the built-in small CLIP (``film-diffusion pretrain-clip CONFIG``): an open_clip model with a
+custom architecture (a small ViT, a small text transformer on open_clip's own tokenizer), trained with
+open_clip's ``ClipLoss`` on image/caption pairs of the built-in scenes.
+
+The result is a folder in open_clip's own format, ``open_clip_config.json`` plus
+``open_clip_model.safetensors``, which ``OpenCLIP("local-dir:FOLDER")`` (or open_clip itself) loads
+like any other checkpoint; beside them, the resolved config and the measured figures.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import torch
+import yaml
+from open_clip.loss import ClipLoss
+from safetensors.torch import save_file
+from tqdm.auto import tqdm
+from transformers import get_cosine_schedule_with_warmup
+
+from film_diffusion.config import config_to_dict, load_config
+from film_diffusion.data.captions import TEMPLATES, caption
+from film_diffusion.data.shapes import ShapesDataset
+from film_diffusion.encoders.clip_openclip import OpenCLIP
+from film_diffusion.encoders.clip_retrieval import evaluate_clip
+from film_diffusion.errors import UserError
+
+CONFIG_FILE = "open_clip_config.json"
+WEIGHTS_FILE = "open_clip_model.safetensors"
+
+
+def _default_model() -> dict:
+    return {
+        "embed_dim": 128,
+        "vision_cfg": {"image_size": 32, "patch_size": 4, "width": 128, "layers": 4, "head_width": 32},
+        "text_cfg": {"context_length": 64, "vocab_size": 49408, "width": 128, "heads": 4, "layers": 4},
+    }
+
+
+@dataclass
+class ClipDataConfig:
+    resolution: int = 32  # must equal model.vision_cfg.image_size
+    max_objects: int = 3
+    seed: int = 0
+    scenes: int = 20_000  # rendered once; each time a scene is drawn it gets a freshly worded caption
+
+
+@dataclass
+class ClipTrainConfig:
+    steps: int = 3000
+    batch_size: int = 256
+    lr: float = 1e-3
+    weight_decay: float = 0.1
+    warmup_steps: int = 200
+    seed: int = 0
+
+
+@dataclass
+class ClipEvalConfig:
+    split: Literal["val", "test"] = "test"  # scenes never trained on
+    scenes: int = 500
+    pairs: int = 100
+
+
+@dataclass
+class PretrainClipConfig:
+    output_dir: Path = Path("runs/clip_builtin")
+    model: dict = field(default_factory=_default_model)  # an open_clip model config (embed_dim, vision_cfg, text_cfg)
+    save_dtype: Literal["float32", "float16"] = "float32"
+    data: ClipDataConfig = field(default_factory=ClipDataConfig)
+    train: ClipTrainConfig = field(default_factory=ClipTrainConfig)
+    eval: ClipEvalConfig = field(default_factory=ClipEvalConfig)
+
+
+def run_pretrain_clip(config_path: str | Path, overrides: list[str]) -> Path:
+    """The CLI entry: load the YAML, train, print the figures."""
+    folder = pretrain_clip(load_config(config_path, PretrainClipConfig, overrides))
+    print(json.dumps(json.loads((folder / "metrics.json").read_text()), indent=2))
+    return folder
+
+
+def pretrain_clip(config: PretrainClipConfig) -> Path:
+    """Train, save and evaluate; returns the output folder."""
+    out = Path(config.output_dir)
+    if (out / WEIGHTS_FILE).exists():
+        raise UserError(f"'{out}' already holds a trained CLIP; pass another output_dir=... or delete that folder.")
+    if config.model.get("vision_cfg", {}).get("image_size") != config.data.resolution:
+        raise UserError("model.vision_cfg.image_size must equal data.resolution; set them to the same value.")
+    out.mkdir(parents=True, exist_ok=True)
+    # Images arrive in [-1, 1]; mean = std = 0.5 makes open_clip's normalisation the identity on them.
+    preprocess = {"size": config.data.resolution, "mean": [0.5] * 3, "std": [0.5] * 3}
+    (out / CONFIG_FILE).write_text(json.dumps({"model_cfg": config.model, "preprocess_cfg": preprocess}, indent=2))
+    (out / "pretrain_clip.yaml").write_text(yaml.safe_dump(config_to_dict(config) | {"output_dir": str(out)}))
+
+    torch.manual_seed(config.train.seed)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    encoder = OpenCLIP(f"local-dir:{out}", trainable=True).to(device)
+    start = time.perf_counter()
+    train(encoder, config)
+    seconds = time.perf_counter() - start
+
+    state = {k: v.to(getattr(torch, config.save_dtype)).contiguous() for k, v in encoder.model.state_dict().items()}
+    save_file(state, out / (WEIGHTS_FILE + ".partial"))
+    os.replace(out / (WEIGHTS_FILE + ".partial"), out / WEIGHTS_FILE)  # never leave a half-written checkpoint
+
+    frozen = OpenCLIP(f"local-dir:{out}").to(device)
+    held_out = ShapesDataset(config.data.resolution, config.eval.split, config.data.seed, config.data.max_objects)
+    metrics = {"train_seconds": round(seconds, 1), "threads": torch.get_num_threads(), "device": device}
+    metrics |= evaluate_clip(frozen, held_out, config.eval.scenes, config.eval.pairs, seed=config.data.seed)
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    return out
+
+
+def train(encoder: OpenCLIP, config: PretrainClipConfig) -> None:
+    """Contrastive training on pre-rendered scenes with captions reworded at every draw."""
+    data, opt = config.data, config.train
+    dataset = ShapesDataset(data.resolution, "train", data.seed, data.max_objects, length=data.scenes)
+    items = [dataset[i] for i in tqdm(range(data.scenes), desc="rendering scenes")]
+    images = torch.stack([item["image"] for item in items])  # (N, 3, H, W)
+    rng = np.random.default_rng(opt.seed)
+
+    model = encoder.model.train()
+    decay = [p for p in model.parameters() if p.ndim >= 2]  # no decay on gains, biases and the logit scale
+    rest = [p for p in model.parameters() if p.ndim < 2]
+    optimizer = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": opt.weight_decay}, {"params": rest, "weight_decay": 0.0}], lr=opt.lr
+    )
+    schedule = get_cosine_schedule_with_warmup(optimizer, opt.warmup_steps, opt.steps)
+    loss_fn = ClipLoss()
+    progress = tqdm(range(opt.steps), desc="pretrain-clip")
+    for _ in progress:
+        batch = rng.choice(len(items), size=opt.batch_size, replace=False)
+        captions = [_reworded(items[i]["objects"], rng) for i in batch]
+        image_features = encoder.encode_images(images[batch])
+        text_features = torch.nn.functional.normalize(encoder.encode(captions).pooled, dim=-1)
+        loss = loss_fn(image_features, text_features, model.logit_scale.exp())
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        schedule.step()
+        with torch.no_grad():
+            model.logit_scale.clamp_(0, math.log(100))  # as in CLIP
+        progress.set_postfix(loss=f"{loss.item():.3f}")
+
+
+def _reworded(objects: list[dict], rng: np.random.Generator) -> str:
+    """The scene's caption in a randomly chosen template that can word it."""
+    usable = [name for name, template in TEMPLATES.items() if template.min_objects <= len(objects)]
+    return caption(objects, usable[int(rng.integers(len(usable)))])
