@@ -63,7 +63,7 @@ class ImageFolderDataset(Dataset):
         path, text = self.samples[index]
         with Image.open(path) as image:
             pixels: torch.Tensor = self.transform(image.convert("RGB"))
-        return {"image": pixels.clamp_(-1, 1), "caption": text}
+        return {"image": pixels, "caption": text}
 
 
 def _read_metadata(root: Path) -> list[tuple[Path, str]]:

@@ -44,6 +44,12 @@ def sample_objects(
     ]
 
 
+def check_resolution(resolution: int) -> None:
+    """At 16 px a small shape is about 3 pixels wide; below that its outline is lost."""
+    if not 16 <= resolution <= 256:
+        raise UserError(f"Resolution {resolution} is out of range; choose a value from 16 to 256.")
+
+
 def to_tensor(pixels: np.ndarray) -> torch.Tensor:
     """uint8 ``[H, W, 3]`` -> float ``[3, H, W]`` in [-1, 1], the range every model here reads."""
     return torch.from_numpy(pixels).permute(2, 0, 1).float().div_(127.5).sub_(1)
@@ -69,8 +75,7 @@ class ShapesDataset(Dataset):
     ) -> None:
         if split not in SPLITS:
             raise UserError(f"Unknown split '{split}'; choose one of {', '.join(SPLITS)}.")
-        if not 16 <= resolution <= 256:
-            raise UserError(f"Resolution {resolution} is out of range; choose a value from 16 to 256.")
+        check_resolution(resolution)
         if not 1 <= min_objects <= max_objects <= len(CELLS):
             raise UserError(
                 f"Objects per scene must satisfy 1 <= min_objects <= max_objects <= {len(CELLS)}, "

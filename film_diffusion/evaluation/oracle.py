@@ -97,24 +97,24 @@ class ShapesOracle(nn.Module):
     def score(self, images: torch.Tensor, objects_list: Sequence[Sequence[dict]]) -> dict[str, float]:
         """Accuracies in [0, 1] of ``images`` against the objects each should show.
 
-        count, position: per image, the number of objects / the set of occupied cells is exactly right.
+        count, position: per image, the number of objects (cells seen occupied) / the set of occupied
+        cells is exactly right.
         color, shape, size: per object, an object is seen in its cell and has that attribute right.
         all: per image, every one of the above is right.
         """
         if len(images) != len(objects_list):
             raise UserError(f"Got {len(images)} images but {len(objects_list)} object lists; pass one per image.")
-        pred = self.predict(images)
-        truth = torch.stack([encode_objects(objects) for objects in objects_list])  # (B, 9, 4)
+        pred = self.predict(images)  # (B, 9) each
+        truth = torch.stack([encode_objects(objects) for objects in objects_list]).to(pred["occupied"].device)
         present = truth[..., 0] == 1
         seen = pred["occupied"] & present
         right = {k: seen & (pred[k] == truth[..., i + 1]) for i, k in enumerate(ATTRIBUTES)}
         position = (pred["occupied"] == present).all(1)
         count = pred["occupied"].sum(1) == present.sum(1)
         every_object = (~present | (right["color"] & right["shape"] & right["size"])).all(1)
-        objects = present.sum().clamp(min=1)
         return {
             "count": count.float().mean().item(),
-            **{k: (r.sum() / objects).item() for k, r in right.items()},
+            **{k: (r.sum() / present.sum()).item() for k, r in right.items()},  # NaN when there is no object
             "position": position.float().mean().item(),
             "all": (count & position & every_object).float().mean().item(),
         }

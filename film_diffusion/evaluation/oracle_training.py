@@ -10,7 +10,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from film_diffusion.data.render import render
-from film_diffusion.data.shapes import ShapesDataset, sample_objects, to_tensor
+from film_diffusion.data.shapes import ShapesDataset, check_resolution, sample_objects, to_tensor
 from film_diffusion.data.vocabulary import CELLS
 from film_diffusion.evaluation.oracle import ATTRIBUTES, ShapesOracle, encode_objects
 
@@ -53,6 +53,7 @@ def train_oracle(
     progress: bool = True,
 ) -> ShapesOracle:
     """Train an oracle for ``resolution`` from scratch; ``workers`` render scenes beside the training."""
+    check_resolution(resolution)
     torch.manual_seed(seed)
     oracle = ShapesOracle(resolution).train()
     scenes = OracleScenes(resolution, seed, steps * batch_size)

@@ -33,6 +33,8 @@ def test_train_oracle_command_writes_loadable_weights(tmp_path, capsys):
     assert main(argv) == 0
     assert f"saved {output}; accuracy on 16 fresh test scenes: count " in capsys.readouterr().out
     assert ShapesOracle.from_file(output).resolution == 16
+    assert main(["train-oracle", "--resolution", "300"]) == 2
+    assert "error: Resolution 300 is out of range; choose a value from 16 to 256." in capsys.readouterr().err
 
 
 @pytest.mark.slow
