@@ -2,12 +2,15 @@
 a 3x3 grid, each with its caption and exact ground truth. Item ``index`` of a split is a pure function
 of ``(seed, split, index)``, so every run and every worker process sees the same bytes.
 
-A compositional split in the manner of CLEVR-CoGenT: ``holdout`` lists (colour, shape) pairs that
-never appear in "train" or "val"; "test" is then made only of them.
+Splits never share a scene: a hash of a scene's content (its objects, ignoring jitter) puts it in one
+of ten buckets; "val" keeps bucket 0, "test" bucket 1, "train" the rest. A compositional split in the
+manner of CLEVR-CoGenT: ``holdout`` lists (colour, shape) pairs that never appear in "train" or "val";
+"test" is then made only of them (and needs no bucket to stay apart).
 """
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterable, Sequence
 
 import numpy as np
@@ -23,6 +26,9 @@ SPLITS = {"train": 0, "val": 1, "test": 2}
 DEFAULT_LENGTH = {"train": 50_000, "val": 1_000, "test": 1_000}
 ALL_PAIRS: tuple[tuple[str, str], ...] = tuple((c, s) for c in COLORS for s in SHAPES)
 _SCENE, _RENDER, _CAPTION = 0, 1, 2  # independent random streams per item
+BUCKETS = 10
+EVAL_BUCKET = {"val": 0, "test": 1}
+MAX_DRAWS = 10_000  # a split whose scenes almost never land in its bucket is an error, not a hang
 
 
 def item_rng(seed: int, split: str, index: int, stream: int) -> np.random.Generator:
@@ -35,13 +41,19 @@ def sample_objects(
 ) -> list[dict]:
     """Between ``min_objects`` and ``max_objects`` objects in distinct cells, (colour, shape) from ``pairs``."""
     count = int(rng.integers(min_objects, max_objects + 1))
-    cells = rng.choice(len(CELLS), size=count, replace=False)
-    pair_ids = rng.integers(len(pairs), size=count)
-    sizes = rng.integers(len(SIZES), size=count)
+    cells = rng.permutation(len(CELLS))[:count].tolist()
+    kinds = rng.integers(len(pairs) * len(SIZES), size=count).tolist()  # (pair, size) in one draw
     return [
-        {"color": pairs[p][0], "shape": pairs[p][1], "size": SIZES[s], "cell": CELLS[c]}
-        for p, s, c in zip(pair_ids.tolist(), sizes.tolist(), cells.tolist(), strict=True)
-    ]
+        {"color": pairs[k // len(SIZES)][0], "shape": pairs[k // len(SIZES)][1], "size": SIZES[k % len(SIZES)],
+         "cell": CELLS[c]}
+        for k, c in zip(kinds, cells, strict=True)
+    ]  # fmt: skip
+
+
+def content_bucket(objects: Sequence[dict]) -> int:
+    """The split bucket of a scene: a stable hash (the same in every process) of its objects, in any order."""
+    key = sorted((o["cell"], o["color"], o["shape"], o["size"]) for o in objects)
+    return hashlib.sha256(repr(key).encode()).digest()[0] % BUCKETS
 
 
 def check_resolution(resolution: int) -> None:
@@ -100,12 +112,23 @@ class ShapesDataset(Dataset):
         """The objects and caption of item ``index`` without rendering it (cheap)."""
         if not 0 <= index < self.length:
             raise IndexError(f"Index {index} is out of range for a dataset of {self.length} items.")
-        objects = sample_objects(
-            item_rng(self.seed, self.split, index, _SCENE), self.min_objects, self.max_objects, self.pairs
-        )
+        rng = item_rng(self.seed, self.split, index, _SCENE)
+        for _ in range(MAX_DRAWS):  # redraw until the scene belongs to this split
+            objects = sample_objects(rng, self.min_objects, self.max_objects, self.pairs)
+            if self._belongs(objects):
+                break
+        else:
+            raise UserError(f"Split '{self.split}' has too few possible scenes to keep apart from the others; "
+                            "hold out fewer pairs or allow more objects.")  # fmt: skip
         usable = [t for t in self.templates if TEMPLATES[t].min_objects <= len(objects)]
         template = usable[int(item_rng(self.seed, self.split, index, _CAPTION).integers(len(usable)))]
         return objects, caption(objects, template)
+
+    def _belongs(self, objects: list[dict]) -> bool:
+        if self.split == "test" and self.holdout:
+            return True
+        bucket = content_bucket(objects)
+        return bucket == EVAL_BUCKET[self.split] if self.split in EVAL_BUCKET else bucket not in EVAL_BUCKET.values()
 
     def __getitem__(self, index: int) -> dict:
         objects, text = self.scene(index)

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from film_diffusion.data import collate
-from film_diffusion.data.shapes import ALL_PAIRS, ShapesDataset
+from film_diffusion.data.shapes import ALL_PAIRS, ShapesDataset, content_bucket
 from film_diffusion.data.vocabulary import CELLS, COLORS, SHAPES, SIZES
 from film_diffusion.errors import UserError
 
@@ -77,12 +77,41 @@ def test_all_sizes_and_counts_occur():
 
 
 def test_holdout_pairs_never_train_and_make_the_whole_test_split():
-    train = ShapesDataset(split="train", holdout=HOLDOUT, length=3000)
+    train = ShapesDataset(split="train", holdout=HOLDOUT, length=2000)
     val = ShapesDataset(split="val", holdout=HOLDOUT, length=500)
     test = ShapesDataset(split="test", holdout=HOLDOUT, length=500)
     pairs = lambda ds: {(o["color"], o["shape"]) for i in range(len(ds)) for o in ds.scene(i)[0]}  # noqa: E731
     assert pairs(train) == pairs(val) == set(ALL_PAIRS) - set(HOLDOUT)
     assert pairs(test) == set(HOLDOUT)
+
+
+def content(dataset: ShapesDataset) -> set[tuple[tuple[str, ...], ...]]:
+    """Each scene's objects as a sorted tuple, ignoring jitter."""
+    return {tuple(sorted(tuple(o.values()) for o in dataset.scene(i)[0])) for i in range(len(dataset))}
+
+
+def test_splits_never_share_a_scene():
+    train = content(ShapesDataset(split="train", length=2000))
+    val = content(ShapesDataset(split="val", length=300))
+    test = content(ShapesDataset(split="test", seed=1, length=300))
+    assert train & val == train & test == val & test == set()
+    assert train & content(ShapesDataset(split="train", seed=1, length=500))  # seeds share a split's pool of scenes
+    keys = ("color", "shape", "size", "cell")
+    buckets = lambda scenes: {content_bucket([dict(zip(keys, o, strict=True)) for o in s]) for s in scenes}  # noqa: E731
+    assert buckets(val) == {0} and buckets(test) == {1}
+
+
+def test_a_split_with_no_room_is_a_user_error():
+    """One pair and one object leave 18 possible scenes; find a pair none of whose scenes is in val's bucket."""
+    for pair in ALL_PAIRS:
+        scenes = [[{"color": pair[0], "shape": pair[1], "size": z, "cell": c}] for z in SIZES for c in CELLS]
+        if all(content_bucket(s) != 0 for s in scenes):
+            break
+    else:
+        pytest.fail("every pair has a one-object scene in val's bucket")
+    val = ShapesDataset(split="val", max_objects=1, holdout=[p for p in ALL_PAIRS if p != pair])
+    with pytest.raises(UserError, match="Split 'val' has too few possible scenes to keep apart"):
+        val.scene(0)
 
 
 def test_bad_arguments_are_user_errors():
