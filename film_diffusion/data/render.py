@@ -39,7 +39,8 @@ def _star(points: int = 5, inner: float = 0.45) -> np.ndarray:
 
 
 _CIRCLE_ANGLES = np.linspace(0, 2 * np.pi, 48, endpoint=False)
-# Every shape is a polygon inside the box [-1, 1]^2 (y points down); a new shape is one new entry.
+# Every shape is a polygon inside the box [-1, 1]^2 (y points down); a new shape is one entry here and
+# one in the vocabulary (and a retrained oracle).
 OUTLINES: dict[str, np.ndarray] = {
     "circle": np.stack([np.cos(_CIRCLE_ANGLES), np.sin(_CIRCLE_ANGLES)], axis=1),
     "square": np.array([(-1.0, -1.0), (1.0, -1.0), (1.0, 1.0), (-1.0, 1.0)]),

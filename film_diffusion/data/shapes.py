@@ -43,11 +43,11 @@ def sample_objects(
     count = int(rng.integers(min_objects, max_objects + 1))
     cells = rng.permutation(len(CELLS))[:count].tolist()
     kinds = rng.integers(len(pairs) * len(SIZES), size=count).tolist()  # (pair, size) in one draw
-    return [
-        {"color": pairs[k // len(SIZES)][0], "shape": pairs[k // len(SIZES)][1], "size": SIZES[k % len(SIZES)],
-         "cell": CELLS[c]}
-        for k, c in zip(kinds, cells, strict=True)
-    ]  # fmt: skip
+    objects = []
+    for kind, cell in zip(kinds, cells, strict=True):
+        (color, shape), size = pairs[kind // len(SIZES)], SIZES[kind % len(SIZES)]
+        objects.append({"color": color, "shape": shape, "size": size, "cell": CELLS[cell]})
+    return objects
 
 
 def content_bucket(objects: Sequence[dict]) -> int:

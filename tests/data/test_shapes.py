@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from film_diffusion.data import collate
+from film_diffusion.data.render import EXTENT, OUTLINES, PALETTE
 from film_diffusion.data.shapes import ALL_PAIRS, ShapesDataset, content_bucket
 from film_diffusion.data.vocabulary import CELLS, COLORS, SHAPES, SIZES
 from film_diffusion.errors import UserError
@@ -141,6 +142,10 @@ def test_any_resolution_renders_the_same_scene(resolution):
     small, large = ShapesDataset(resolution=32), ShapesDataset(resolution=resolution)
     assert large[5]["image"].shape == (3, resolution, resolution)
     assert large.scene(5) == small.scene(5)
+
+
+def test_renderer_draws_the_whole_vocabulary():
+    assert list(PALETTE) == list(COLORS) and list(OUTLINES) == list(SHAPES) and list(EXTENT) == list(SIZES)
 
 
 def test_edges_are_anti_aliased_at_the_target_size():
