@@ -2,8 +2,23 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 import numpy as np
 import torch
+
+
+@contextmanager
+def _one_thread() -> Iterator[None]:
+    """Run small linear algebra on one thread: on a few cores, LAPACK's threads otherwise wait for
+    seconds behind torch's OpenMP workers still spinning after the last forward pass."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
 
 
 def frechet_distance(features_a: np.ndarray | torch.Tensor, features_b: np.ndarray | torch.Tensor) -> float:
@@ -14,14 +29,14 @@ def frechet_distance(features_a: np.ndarray | torch.Tensor, features_b: np.ndarr
     matrix with the same spectrum as ``S_a S_b``, so it stays real and stable even when the
     covariances are singular (fewer samples than dimensions).
     """
-    a, b = (torch.as_tensor(f).detach().cpu().double().numpy() for f in (features_a, features_b))
+    a, b = (torch.as_tensor(f).detach().to("cpu", torch.float64) for f in (features_a, features_b))
     if a.ndim != 2 or b.ndim != 2 or a.shape[1] != b.shape[1] or min(len(a), len(b)) < 2:
-        raise ValueError(f"Need two (N >= 2, D) feature sets of the same D, got {a.shape} and {b.shape}.")
-    mean_a, mean_b = a.mean(0), b.mean(0)
-    cov_a, cov_b = np.atleast_2d(np.cov(a, rowvar=False)), np.atleast_2d(np.cov(b, rowvar=False))
-    eigvals_a, eigvecs_a = np.linalg.eigh(cov_a)
-    sqrt_a = (eigvecs_a * np.sqrt(eigvals_a.clip(min=0))) @ eigvecs_a.T
-    middle = np.linalg.eigvalsh(sqrt_a @ cov_b @ sqrt_a)
-    trace_sqrt = np.sqrt(middle.clip(min=0)).sum()
-    distance = ((mean_a - mean_b) ** 2).sum() + np.trace(cov_a) + np.trace(cov_b) - 2 * trace_sqrt
-    return float(max(distance, 0.0))
+        raise ValueError(f"Need two (N >= 2, D) feature sets of the same D, got {tuple(a.shape)} and {tuple(b.shape)}.")
+    with _one_thread():
+        cov_a, cov_b = torch.atleast_2d(torch.cov(a.T)), torch.atleast_2d(torch.cov(b.T))
+        eigvals_a, eigvecs_a = torch.linalg.eigh(cov_a)
+        sqrt_a = (eigvecs_a * eigvals_a.clamp(min=0).sqrt()) @ eigvecs_a.T
+        trace_sqrt = torch.linalg.eigvalsh(sqrt_a @ cov_b @ sqrt_a).clamp(min=0).sqrt().sum()
+        mean_term = (a.mean(0) - b.mean(0)).square().sum()
+        distance = mean_term + cov_a.trace() + cov_b.trace() - 2 * trace_sqrt
+    return max(distance.item(), 0.0)
