@@ -1,5 +1,6 @@
-"""Training the oracle on the CPU, on fresh renders: every label is exact and no scene repeats, so
-its accuracy on a held-back split measures reading, not memorising."""
+"""Training the oracle on the CPU, on renders drawn fresh for every step from the oracle's own seed
+stream: every label is exact and no image is seen twice, so its accuracy on the dataset's test split
+measures reading, not memorising."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from film_diffusion.data.shapes import ShapesDataset, check_resolution, sample_o
 from film_diffusion.data.vocabulary import CELLS
 from film_diffusion.evaluation.oracle import ATTRIBUTES, ShapesOracle, encode_objects
 
-TRAIN_STREAM = 7  # seed tag of training scenes; the dataset's splits use 0-2, so the oracle never sees them
+TRAIN_STREAM = 7  # seed tag of training scenes; the dataset's splits use 0-2, so no image of theirs is seen
 MAX_NOISE = 0.04  # per-image Gaussian noise (in [-1, 1] units) so slightly noisy samples still read well
 
 
