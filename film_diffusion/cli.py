@@ -21,7 +21,8 @@ def _add_smoke(parser: argparse.ArgumentParser) -> None:
 
 
 def _train_oracle(args: argparse.Namespace) -> None:
-    from film_diffusion.evaluation.oracle import cache_dir, weights_name
+    from film_diffusion.cache import cache_dir
+    from film_diffusion.evaluation.oracle import weights_name
     from film_diffusion.evaluation.oracle_training import evaluate_oracle, train_oracle
 
     output = args.output or cache_dir() / weights_name(args.resolution)

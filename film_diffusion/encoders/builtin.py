@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
+from film_diffusion.cache import cache_dir
 from film_diffusion.encoders.base import Layer
 from film_diffusion.encoders.clip_openclip import OpenCLIP
 from film_diffusion.encoders.pretrain_clip import WEIGHTS_FILE, PretrainClipConfig, pretrain_clip
@@ -13,11 +13,8 @@ SHIPPED = Path(__file__).resolve().parents[1] / "assets" / "clip_builtin"
 
 
 def cache_folder() -> Path:
-    """Where a locally trained built-in CLIP is kept: ``clip_builtin`` under $FILM_DIFFUSION_CACHE, else
-    under $XDG_CACHE_HOME/film-diffusion (the convention of the trained oracles)."""
-    if os.environ.get("FILM_DIFFUSION_CACHE"):
-        return Path(os.environ["FILM_DIFFUSION_CACHE"]) / "clip_builtin"
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "film-diffusion" / "clip_builtin"
+    """Where a locally trained built-in CLIP is kept: ``clip_builtin`` in the film-diffusion cache."""
+    return cache_dir() / "clip_builtin"
 
 
 def builtin_clip(layer: Layer = "last", *, trainable: bool = False) -> OpenCLIP:

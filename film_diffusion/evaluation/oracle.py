@@ -10,7 +10,6 @@ cached. Weights are read and written only as safetensors.
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -20,6 +19,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from film_diffusion.cache import cache_dir
 from film_diffusion.data.render import VERSION as RENDER_VERSION
 from film_diffusion.data.vocabulary import CELLS, COLORS, GRID, SHAPES, SIZES
 from film_diffusion.errors import UserError
@@ -163,13 +163,6 @@ def encode_objects(objects: Sequence[dict]) -> torch.Tensor:
 def _metadata(path: str | Path) -> dict[str, str]:
     with safe_open(str(path), framework="pt") as f:
         return f.metadata() or {}
-
-
-def cache_dir() -> Path:
-    """Where trained oracles are kept: $FILM_DIFFUSION_CACHE, else $XDG_CACHE_HOME/film-diffusion."""
-    if os.environ.get("FILM_DIFFUSION_CACHE"):
-        return Path(os.environ["FILM_DIFFUSION_CACHE"])
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "film-diffusion"
 
 
 def weights_name(resolution: int) -> str:
