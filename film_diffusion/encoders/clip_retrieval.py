@@ -12,71 +12,56 @@ import torch
 
 from film_diffusion.data.captions import caption
 from film_diffusion.data.shapes import ShapesDataset
-from film_diffusion.data.vocabulary import CELLS, COLORS, SHAPES, SIZES
 from film_diffusion.encoders.clip_openclip import OpenCLIP
-
-ATTRIBUTES: tuple[str, ...] = ("color", "shape", "size", "position", "count")
-MAX_COUNT = 4  # count alternatives range over 1..MAX_COUNT objects of the changed kind
+from film_diffusion.encoders.counterfactuals import ATTRIBUTES, variants
 
 
-def counterfactual_captions(objects: list[dict], attribute: str, index: int) -> tuple[str, list[str]]:
-    """The true caption and its alternatives that change ``attribute`` of object ``index`` only.
+def counterfactual_captions(
+    objects: list[dict], attribute: str, index: int, rng: np.random.Generator, max_objects: int
+) -> tuple[str, list[str]]:
+    """The true caption and the captions of every variant that changes ``attribute`` of object ``index``.
 
-    Colour, shape, size and position are worded by the "full" template, where such a change alters
-    one word or phrase. Count is worded by the "counts" template ("two red circles"): the alternatives
-    have more or fewer objects of that object's colour and shape, and differ only in the number.
+    Colour, shape, size and position are worded by the "full" template, where such a change alters one
+    word or phrase; count by the "counts" template ("two red circles"), where it alters only the number.
     """
-    target = objects[index]
-
-    def changed(**values: str) -> str:
-        return caption([dict(o, **values) if o is target else o for o in objects], "full")
-
-    if attribute == "color":
-        return caption(objects, "full"), [changed(color=c) for c in COLORS if c != target["color"]]
-    if attribute == "shape":
-        return caption(objects, "full"), [changed(shape=s) for s in SHAPES if s != target["shape"]]
-    if attribute == "size":
-        return caption(objects, "full"), [changed(size=s) for s in SIZES if s != target["size"]]
-    if attribute == "position":
-        taken = {o["cell"] for o in objects}
-        return caption(objects, "full"), [changed(cell=c) for c in CELLS if c not in taken]
-    if attribute == "count":
-        kind = (target["color"], target["shape"])
-        same = [o for o in objects if (o["color"], o["shape"]) == kind]
-        others = len(objects) - len(same)
-
-        def with_count(k: int) -> str:  # k objects of the kind, placed where the first one was
-            first = objects.index(same[0])
-            rest = [o for o in objects if (o["color"], o["shape"]) != kind]
-            return caption(rest[:first] + [target] * k + rest[first:], "counts")
-
-        alternatives = [k for k in range(1, MAX_COUNT + 1) if k != len(same) and others + k <= len(CELLS)]
-        return caption(objects, "counts"), [with_count(k) for k in alternatives]
-    raise ValueError(f"Unknown attribute '{attribute}'; choose one of {', '.join(ATTRIBUTES)}.")
+    template = "counts" if attribute == "count" else "full"
+    scenes = variants(objects, attribute, index, rng, max_objects)
+    return caption(objects, template), [caption(scene, template) for scene in scenes]
 
 
 @torch.no_grad()
 def evaluate_clip(
     encoder: OpenCLIP, dataset: ShapesDataset, scenes: int = 500, pairs: int = 100, draws: int = 20, seed: int = 0
 ) -> dict[str, float]:
-    """Counterfactual retrieval per attribute (``retrieval/<attribute>``) over ``scenes`` scenes of
-    ``dataset`` (a split not trained on), and image-to-caption top-1 (``image_to_caption_top1``)
-    among ``pairs`` random pairs, averaged over ``draws`` draws."""
+    """Counterfactual retrieval per attribute (``retrieval/<attribute>``) over the first ``scenes``
+    scenes of ``dataset`` (a split not trained on), and image-to-caption top-1
+    (``image_to_caption_top1``) among ``pairs`` random pairs, averaged over ``draws`` draws.
+
+    Alternatives are scenes the dataset could hold (at most ``max_objects`` objects); a scene where no
+    object has a count variant is left out of the count figure (``scenes/count`` says how many remain).
+    """
     rng = np.random.default_rng(seed)
     items = [dataset[i] for i in range(scenes)]
     images = torch.cat([encoder.encode_images(torch.stack([it["image"] for it in chunk])) for chunk in _chunks(items)])
     metrics: dict[str, float] = {}
     for attribute in ATTRIBUTES:
-        groups = [
-            counterfactual_captions(it["objects"], attribute, int(rng.integers(len(it["objects"])))) for it in items
-        ]
-        texts = _embed_text(encoder, [c for true, alternatives in groups for c in (true, *alternatives)])
+        tests = []  # (image, true caption, alternatives)
+        for image, item in zip(images, items, strict=True):
+            for index in rng.permutation(len(item["objects"])):
+                true, alternatives = counterfactual_captions(
+                    item["objects"], attribute, int(index), rng, dataset.max_objects
+                )
+                if alternatives:
+                    tests.append((image, true, alternatives))
+                    break
+        texts = _embed_text(encoder, [c for _, true, alternatives in tests for c in (true, *alternatives)])
         hits, start = [], 0
-        for image, (_, alternatives) in zip(images, groups, strict=True):
+        for image, _, alternatives in tests:
             scores = texts[start : start + 1 + len(alternatives)] @ image  # the true caption first
             hits.append(bool(scores[0] > scores[1:].max()))
             start += 1 + len(alternatives)
         metrics[f"retrieval/{attribute}"] = float(np.mean(hits))
+        metrics[f"scenes/{attribute}"] = len(tests)
     captions = [item["caption"] for item in items]
     similarity = images @ _embed_text(encoder, captions).T  # (scenes, scenes)
     top1 = []

@@ -27,9 +27,11 @@ from transformers import get_cosine_schedule_with_warmup
 
 from film_diffusion.config import config_to_dict, load_config
 from film_diffusion.data.captions import TEMPLATES, caption
-from film_diffusion.data.shapes import ShapesDataset
+from film_diffusion.data.render import render
+from film_diffusion.data.shapes import ShapesDataset, to_tensor
 from film_diffusion.encoders.clip_openclip import OpenCLIP
 from film_diffusion.encoders.clip_retrieval import evaluate_clip
+from film_diffusion.encoders.counterfactuals import ATTRIBUTES, variants
 from film_diffusion.errors import UserError
 
 CONFIG_FILE = "open_clip_config.json"
@@ -38,27 +40,32 @@ WEIGHTS_FILE = "open_clip_model.safetensors"
 
 def _default_model() -> dict:
     return {
-        "embed_dim": 128,
-        "vision_cfg": {"image_size": 32, "patch_size": 4, "width": 128, "layers": 4, "head_width": 32},
-        "text_cfg": {"context_length": 64, "vocab_size": 49408, "width": 128, "heads": 4, "layers": 4},
+        "embed_dim": 64,
+        "init_logit_scale": 3.9,  # ln(50): a low starting temperature, so fine differences count from the start
+        "vision_cfg": {"image_size": 48, "patch_size": 8, "width": 64, "layers": 3, "head_width": 32},
+        "text_cfg": {"context_length": 40, "vocab_size": 49408, "width": 64, "heads": 2, "layers": 3},
     }
 
 
 @dataclass
 class ClipDataConfig:
-    resolution: int = 32  # must equal model.vision_cfg.image_size
+    resolution: int = 48  # must equal model.vision_cfg.image_size
     max_objects: int = 3
     seed: int = 0
-    scenes: int = 20_000  # rendered once; each time a scene is drawn it gets a freshly worded caption
+    scenes: int = 10_000  # rendered once, each with a one-attribute variant; captions are reworded at every draw
+    # How often each attribute is the one a scene's variant changes (the hardest to see come most often).
+    variant_weights: dict[str, float] = field(
+        default_factory=lambda: {"color": 1.0, "shape": 3.0, "size": 1.0, "position": 2.0, "count": 1.0}
+    )
 
 
 @dataclass
 class ClipTrainConfig:
     steps: int = 3000
-    batch_size: int = 256
-    lr: float = 1e-3
+    batch_size: int = 128  # 64 scenes, each beside its variant
+    lr: float = 2e-3
     weight_decay: float = 0.1
-    warmup_steps: int = 200
+    warmup_steps: int = 100
     seed: int = 0
 
 
@@ -89,10 +96,7 @@ def run_pretrain_clip(config_path: str | Path, overrides: list[str]) -> Path:
 def pretrain_clip(config: PretrainClipConfig) -> Path:
     """Train, save and evaluate; returns the output folder."""
     out = Path(config.output_dir)
-    if (out / WEIGHTS_FILE).exists():
-        raise UserError(f"'{out}' already holds a trained CLIP; pass another output_dir=... or delete that folder.")
-    if config.model.get("vision_cfg", {}).get("image_size") != config.data.resolution:
-        raise UserError("model.vision_cfg.image_size must equal data.resolution; set them to the same value.")
+    _check(config)
     out.mkdir(parents=True, exist_ok=True)
     # Images arrive in [-1, 1]; mean = std = 0.5 makes open_clip's normalisation the identity on them.
     preprocess = {"size": config.data.resolution, "mean": [0.5] * 3, "std": [0.5] * 3}
@@ -118,12 +122,29 @@ def pretrain_clip(config: PretrainClipConfig) -> Path:
     return out
 
 
+def _check(config: PretrainClipConfig) -> None:
+    if (Path(config.output_dir) / WEIGHTS_FILE).exists():
+        raise UserError(
+            f"'{config.output_dir}' already holds a trained CLIP; pass another output_dir=... or delete that folder."
+        )
+    if config.model.get("vision_cfg", {}).get("image_size") != config.data.resolution:
+        raise UserError("model.vision_cfg.image_size must equal data.resolution; set them to the same value.")
+    weights = config.data.variant_weights
+    if set(weights) - set(ATTRIBUTES) or min(weights.values(), default=0) < 0 or sum(weights.values()) <= 0:
+        raise UserError(
+            f"data.variant_weights {weights} must give non-negative weights, not all zero, to attributes among "
+            f"{', '.join(ATTRIBUTES)}; fix that mapping."
+        )
+
+
 def train(encoder: OpenCLIP, config: PretrainClipConfig) -> None:
-    """Contrastive training on pre-rendered scenes with captions reworded at every draw."""
+    """Contrastive training on batches of scene pairs: each scene beside a variant that changes one
+    attribute of one object, so every batch holds hard negatives; captions are reworded at every draw."""
     data, opt = config.data, config.train
     dataset = ShapesDataset(data.resolution, "train", data.seed, data.max_objects, length=data.scenes)
-    items = [dataset[i] for i in tqdm(range(data.scenes), desc="rendering scenes")]
-    images = torch.stack([item["image"] for item in items])  # (N, 3, H, W)
+    weights = np.array([data.variant_weights.get(a, 0.0) for a in ATTRIBUTES]) / sum(data.variant_weights.values())
+    pairs = [_scene_pair(dataset, i, weights) for i in tqdm(range(data.scenes), desc="rendering scene pairs")]
+    images = torch.stack([pair_images for _, pair_images in pairs])  # (N, 2, 3, H, W)
     rng = np.random.default_rng(opt.seed)
 
     model = encoder.model.train()
@@ -136,9 +157,9 @@ def train(encoder: OpenCLIP, config: PretrainClipConfig) -> None:
     loss_fn = ClipLoss()
     progress = tqdm(range(opt.steps), desc="pretrain-clip")
     for _ in progress:
-        batch = rng.choice(len(items), size=opt.batch_size, replace=False)
-        captions = [_reworded(items[i]["objects"], rng) for i in batch]
-        image_features = encoder.encode_images(images[batch])
+        chosen = rng.choice(len(pairs), size=opt.batch_size // 2, replace=False)
+        captions = [text for i in chosen for text in _pair_captions(*pairs[i][0], rng)]
+        image_features = encoder.encode_images(images[chosen].flatten(0, 1))  # pairs side by side, like captions
         text_features = torch.nn.functional.normalize(encoder.encode(captions).pooled, dim=-1)
         loss = loss_fn(image_features, text_features, model.logit_scale.exp())
         optimizer.zero_grad(set_to_none=True)
@@ -150,7 +171,25 @@ def train(encoder: OpenCLIP, config: PretrainClipConfig) -> None:
         progress.set_postfix(loss=f"{loss.item():.3f}")
 
 
-def _reworded(objects: list[dict], rng: np.random.Generator) -> str:
-    """The scene's caption in a randomly chosen template that can word it."""
-    usable = [name for name, template in TEMPLATES.items() if template.min_objects <= len(objects)]
-    return caption(objects, usable[int(rng.integers(len(usable)))])
+def _scene_pair(
+    dataset: ShapesDataset, index: int, weights: np.ndarray
+) -> tuple[tuple[list[dict], list[dict]], torch.Tensor]:
+    """Scene ``index`` and a variant changing one attribute of one object (the attribute drawn with
+    ``weights``), with both images ``(2, 3, H, W)``."""
+    item = dataset[index]
+    objects = item["objects"]
+    rng = np.random.default_rng([dataset.seed, index])
+    options: list[list[dict]] = []
+    while not options:  # colour, shape and size always have variants; position and count may not
+        attribute = ATTRIBUTES[int(rng.choice(len(ATTRIBUTES), p=weights))]
+        options = variants(objects, attribute, int(rng.integers(len(objects))), rng, dataset.max_objects)
+    variant = options[int(rng.integers(len(options)))]
+    return (objects, variant), torch.stack([item["image"], to_tensor(render(variant, dataset.resolution, rng))])
+
+
+def _pair_captions(objects: list[dict], variant: list[dict], rng: np.random.Generator) -> list[str]:
+    """Both scenes worded by one random template, or by "full" where that template cannot tell them apart."""
+    usable = [name for name, t in TEMPLATES.items() if t.min_objects <= min(len(objects), len(variant))]
+    template = usable[int(rng.integers(len(usable)))]
+    texts = [caption(objects, template), caption(variant, template)]
+    return texts if texts[0] != texts[1] else [caption(objects, "full"), caption(variant, "full")]

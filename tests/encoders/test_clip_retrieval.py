@@ -1,10 +1,12 @@
-"""Counterfactual captions change exactly one attribute of one object."""
+"""Counterfactual scenes and captions change exactly one attribute of one object."""
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
-from film_diffusion.encoders.clip_retrieval import ATTRIBUTES, counterfactual_captions
+from film_diffusion.encoders.clip_retrieval import counterfactual_captions
+from film_diffusion.encoders.counterfactuals import variants
 
 SCENE = [
     {"color": "red", "shape": "circle", "size": "small", "cell": "top left"},
@@ -15,7 +17,7 @@ SCENE = [
 
 @pytest.mark.parametrize("attribute", ["color", "shape", "size"])
 def test_one_word_changes_for_colour_shape_and_size(attribute):
-    true, alternatives = counterfactual_captions(SCENE, attribute, index=1)
+    true, alternatives = counterfactual_captions(SCENE, attribute, 1, np.random.default_rng(0), max_objects=9)
     assert len(alternatives) == {"color": 7, "shape": 3, "size": 1}[attribute]
     for alternative in alternatives:
         changed = [(a, b) for a, b in zip(true.split(), alternative.split(), strict=True) if a != b]
@@ -23,19 +25,36 @@ def test_one_word_changes_for_colour_shape_and_size(attribute):
 
 
 def test_position_moves_the_object_to_every_free_cell():
-    true, alternatives = counterfactual_captions(SCENE, "position", index=1)
+    true, alternatives = counterfactual_captions(SCENE, "position", 1, np.random.default_rng(0), max_objects=9)
     first, last = "a small red circle at the top left, a large blue star", "and a large red circle at the bottom"
     assert true == f"{first} in the center {last}"
     assert len(alternatives) == 6 and f"{first} on the right {last}" in alternatives
 
 
 def test_count_changes_only_the_number_of_that_kind():
-    true, alternatives = counterfactual_captions(SCENE, "count", index=0)
+    true, alternatives = counterfactual_captions(SCENE, "count", 0, np.random.default_rng(0), max_objects=9)
     assert true == "two red circles and a blue star"
     assert alternatives == [f"{n} and a blue star" for n in ("a red circle", "three red circles", "four red circles")]
 
 
-def test_every_attribute_has_alternatives_and_none_equals_the_truth():
-    for attribute in ATTRIBUTES:
-        true, alternatives = counterfactual_captions(SCENE, attribute, index=2)
-        assert alternatives and true not in alternatives and len(set(alternatives)) == len(alternatives)
+@pytest.mark.parametrize("attribute", ["color", "shape", "size", "position"])
+def test_variants_change_one_attribute_of_one_object(attribute):
+    key = "cell" if attribute == "position" else attribute
+    for scene in variants(SCENE, attribute, 2, np.random.default_rng(0), max_objects=9):
+        changed = [(a, b) for a, b in zip(SCENE, scene, strict=True) if a != b]
+        assert len(changed) == 1 and [k for k in changed[0][0] if changed[0][0][k] != changed[0][1][k]] == [key]
+        assert len({o["cell"] for o in scene}) == len(scene)
+
+
+def test_count_variants_add_or_drop_objects_of_that_kind_only():
+    counts = []
+    for scene in variants(SCENE, "count", 0, np.random.default_rng(0), max_objects=9):
+        assert [o for o in scene if o["shape"] != "circle"] == [SCENE[1]]
+        assert len({o["cell"] for o in scene}) == len(scene)
+        counts.append(sum(o["shape"] == "circle" for o in scene))
+    assert counts == [1, 3, 4]
+
+
+def test_count_variants_stay_within_the_datasets_object_limit():
+    assert [len(v) for v in variants(SCENE, "count", 0, np.random.default_rng(0), max_objects=4)] == [2, 4]
+    assert variants(SCENE, "count", 1, np.random.default_rng(0), max_objects=3) == []  # a lone star, full scene
