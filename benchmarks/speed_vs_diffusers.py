@@ -22,7 +22,9 @@ import statistics
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 
+import psutil
 import torch
 import torch.nn.functional as F
 from diffusers import DiTTransformer2DModel, UNet2DConditionModel
@@ -146,7 +148,7 @@ def _cpu_peak_worker(pair_factory, which: str, mode: str, batch_size: int, dtype
     torch.set_num_threads(torch.get_num_threads())
     pair = pair_factory()
     device = torch.device("cpu")
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    before = psutil.Process().memory_info().rss  # what the process holds now; ru_maxrss below is its peak
     model = (pair.build_ours if which == "ours" else pair.build_theirs)()
     call = pair.call_ours if which == "ours" else pair.call_theirs
     batch = pair.make_batch(batch_size, device)
@@ -154,11 +156,12 @@ def _cpu_peak_worker(pair_factory, which: str, mode: str, batch_size: int, dtype
     step = make(model, call, batch, device, dtype)
     for _ in range(2):
         step()
-    queue.put((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) * 1024)
+    queue.put(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - before)
 
 
 def peak_memory_bytes(pair_factory, which: str, mode: str, batch_size: int, device: torch.device, dtype) -> int:
-    """Peak memory of one model's step: CUDA's allocator peak, or on the CPU the rise of a fresh process's max RSS."""
+    """Peak memory of one model's step: CUDA's allocator peak, or on the CPU a fresh process's peak RSS above
+    what it held before building the model."""
     if device.type == "cuda":
         pair = pair_factory()
         model = (pair.build_ours if which == "ours" else pair.build_theirs)().to(device)
@@ -210,27 +213,27 @@ def training_flops(model, call, batch, device, dtype) -> int:
     return counter.get_total_flops()
 
 
-PAIRS = {
-    "cpu": [lambda: dit_pair(depth=6, hidden=384, heads=6, patch=2, size=16, channels=4, classes=1000),
-            lambda: unet_pair(channels=(64, 128, 128), attention_levels=(1, 2), heads=4, size=32, in_ch=4,
-                              token_dim=256, tokens=16)],
-    "cuda": [lambda: dit_pair(depth=28, hidden=1152, heads=16, patch=2, size=32, channels=4, classes=1000),
-             lambda: unet_pair(channels=(320, 640, 1280, 1280), attention_levels=(0, 1, 2), heads=8, size=64,
-                               in_ch=4, token_dim=768, tokens=77)],
+PAIRS = {  # partials, not lambdas: the CPU memory probe sends them to a fresh process
+    "cpu": [partial(dit_pair, depth=12, hidden=384, heads=6, patch=2, size=32, channels=4, classes=1000),  # DiT-S/2
+            partial(unet_pair, channels=(64, 128, 128), attention_levels=(1, 2), heads=4, size=32, in_ch=4,
+                    token_dim=256, tokens=16)],
+    "cuda": [partial(dit_pair, depth=28, hidden=1152, heads=16, patch=2, size=32, channels=4, classes=1000),
+             partial(unet_pair, channels=(320, 640, 1280, 1280), attention_levels=(0, 1, 2), heads=8, size=64,
+                     in_ch=4, token_dim=768, tokens=77)],
 }
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
-    parser.add_argument("--batch", type=int, default=None, help="batch size (default 8 on the CPU, 32 on a GPU)")
-    parser.add_argument("--repeats", type=int, default=15, help="timed steps per model (median reported)")
+    parser.add_argument("--batch", type=int, default=None, help="batch size (default 4 on the CPU, 32 on a GPU)")
+    parser.add_argument("--repeats", type=int, default=10, help="timed steps per model (median reported)")
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--precisions", default="fp32,bf16", help="comma-separated: fp32, bf16")
     parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory measurement")
     args = parser.parse_args()
     device = torch.device(args.device)
-    batch_size = args.batch or (8 if device.type == "cpu" else 32)
+    batch_size = args.batch or (4 if device.type == "cpu" else 32)
     dtypes = {"fp32": None, "bf16": torch.bfloat16}
     peak_n = 2048 if device.type == "cpu" else 8192
     peaks = {name: matmul_peak_flops(device, torch.float32 if d is None else d, peak_n)
