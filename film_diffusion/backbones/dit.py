@@ -14,7 +14,7 @@ from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.modeling_utils import ModelMixin
 from torch import nn
 
-from film_diffusion.backbones.output import DenoiserOutput
+from film_diffusion.backbones.output import DenoiserOutput, NullClassMixin
 from film_diffusion.conditioning import Condition, ConditioningStack, Site, SiteState
 from film_diffusion.errors import UserError
 from film_diffusion.layers import (
@@ -74,7 +74,7 @@ class FinalLayer(nn.Module):
         return self.linear(state.affine(self.site.name, self.norm_final(x)))  # (B, T, p*p*C)
 
 
-class DiT(ModelMixin, ConfigMixin):
+class DiT(NullClassMixin, ModelMixin, ConfigMixin):
     """Diffusion transformer whose conditioning is a list of methods.
 
     Args:
@@ -149,12 +149,6 @@ class DiT(ModelMixin, ConfigMixin):
             nn.init.normal_(self.conditioner.label_embedder.embedding_table.weight, std=0.02)
         nn.init.zeros_(self.final_layer.linear.weight)  # the output starts at 0, as in the paper
         nn.init.zeros_(self.final_layer.linear.bias)
-
-    @property
-    def null_class_label(self) -> int | None:
-        """The class id meaning "no class" for classifier-free guidance, or None without labels."""
-        embedder = self.conditioner.label_embedder
-        return None if embedder is None else embedder.null_class
 
     def forward(
         self,

@@ -12,3 +12,13 @@ class DenoiserOutput(BaseOutput):
     (twice the channels with learned sigma)."""
 
     sample: torch.Tensor
+
+
+class NullClassMixin:
+    """``null_class_label`` for any backbone whose conditioning lives in ``self.conditioner``."""
+
+    @property
+    def null_class_label(self) -> int | None:
+        """The class id meaning "no class" for classifier-free guidance, or None without labels."""
+        embedder = self.conditioner.label_embedder
+        return None if embedder is None else embedder.null_class

@@ -17,7 +17,7 @@ from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.modeling_utils import ModelMixin
 from torch import nn
 
-from film_diffusion.backbones.output import DenoiserOutput
+from film_diffusion.backbones.output import DenoiserOutput, NullClassMixin
 from film_diffusion.conditioning import Condition, ConditioningStack, Site, SiteState
 from film_diffusion.errors import UserError
 from film_diffusion.layers import Mlp, SelfAttention, TimestepEmbedder, timesteps_for_batch
@@ -108,7 +108,7 @@ class Upsample(nn.Module):
         return self.conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))
 
 
-class UNet(ModelMixin, ConfigMixin):
+class UNet(NullClassMixin, ModelMixin, ConfigMixin):
     """Convolutional denoiser whose conditioning is a list of methods.
 
     Args:
@@ -213,12 +213,6 @@ class UNet(ModelMixin, ConfigMixin):
                                              cond_pooled_dim=cond_pooled_dim, num_classes=num_classes)
         extra = self.conditioner.extra_input_channels(self.input_site)
         self.conv_in = nn.Conv2d(in_channels + extra, channels[0], 3, padding=1)
-
-    @property
-    def null_class_label(self) -> int | None:
-        """The class id meaning "no class" for classifier-free guidance, or None without labels."""
-        embedder = self.conditioner.label_embedder
-        return None if embedder is None else embedder.null_class
 
     def forward(
         self,
