@@ -52,6 +52,11 @@ class OpenCLIP(TextEncoder):
                 f"open_clip model '{model_name}' uses a {type(self.tokenizer).__name__}, but OpenCLIP "
                 "supports models with open_clip's CLIP tokenizer; load this model with TransformersCLIP."
             )
+        if layer == "penultimate" and self.model.transformer.layers < 2:
+            raise UserError(
+                f"open_clip model '{model_name}' has a one-block text transformer, so it has no penultimate "
+                "layer; use layer='last'."
+            )
         self.layer = layer
         self.max_length = self.model.context_length
         with torch.no_grad():
