@@ -6,7 +6,7 @@
 Pairs: our DiT with adaLN-Zero and class labels vs ``DiTTransformer2DModel``; our U-Net with
 cross-attention (scale-shift timestep) vs ``UNet2DConditionModel`` (``resnet_time_scale_shift=
 "scale_shift"``, linear projections, the same levels, channels and heads). For each pair and
-precision it times a training step (forward, MSE, backward, AdamW) and a sampling step (forward under
+precision it times a training step (forward, MSE, backward, fused AdamW) and a sampling step (forward under
 ``no_grad``), interleaving the two models step by step after a warm-up, and reports medians,
 our/diffusers throughput and peak-memory ratios, and our training step's achieved FLOP/s against the
 peak of a large matrix product measured in the same process. Prints a Markdown table.
@@ -16,18 +16,16 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import multiprocessing as mp
-import resource
 import statistics
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
 
-import psutil
 import torch
 import torch.nn.functional as F
 from diffusers import DiTTransformer2DModel, UNet2DConditionModel
+from torch.distributed._tools.mem_tracker import MemTracker
 from torch.utils.flop_counter import FlopCounterMode
 
 from film_diffusion import Condition, DiT, UNet
@@ -100,26 +98,37 @@ def autocast(device: torch.device, dtype: torch.dtype | None):
     return torch.autocast(device.type, dtype=dtype)
 
 
-def make_train_step(model, call, batch, device, dtype) -> Callable[[], None]:
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+@dataclass
+class Step:
+    """One timed call, and what it keeps alive between calls (for the memory tracker)."""
+
+    run: Callable[[], None]
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer | None = None
+
+
+def make_train_step(model, call, batch, device, dtype) -> Step:
+    # The fused AdamW kernel, for both models: what a trainer should use, and without it the step of a
+    # large weight is mostly temporaries (on the CPU, fresh pages for every tensor above 32 MB).
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)
     target = torch.randn_like(batch["x"])
 
     def step() -> None:
         with autocast(device, dtype):
             loss = F.mse_loss(call(model, batch).float(), target)
-        optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
+        optimizer.zero_grad(set_to_none=True)  # no gradients held through the next forward pass
 
-    return step
+    return Step(step, model, optimizer)
 
 
-def make_sample_step(model, call, batch, device, dtype) -> Callable[[], None]:
+def make_sample_step(model, call, batch, device, dtype) -> Step:
     def step() -> None:
         with torch.no_grad(), autocast(device, dtype):
             call(model, batch)
 
-    return step
+    return Step(step, model)
 
 
 def synchronize(device: torch.device) -> None:
@@ -127,64 +136,37 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize()
 
 
-def interleaved_medians(steps: dict[str, Callable[[], None]], repeats: int, warmup: int,
-                        device: torch.device) -> dict[str, float]:
+def interleaved_medians(steps: dict[str, Step], repeats: int, warmup: int, device: torch.device) -> dict[str, float]:
     """Median seconds per call, the candidates taking turns so that drifting machine load hits both alike."""
     for _ in range(warmup):
-        for fn in steps.values():
-            fn()
+        for step in steps.values():
+            step.run()
     times: dict[str, list[float]] = {k: [] for k in steps}
     for _ in range(repeats):
-        for name, fn in steps.items():
+        for name, step in steps.items():
             synchronize(device)
             start = time.perf_counter()
-            fn()
+            step.run()
             synchronize(device)
             times[name].append(time.perf_counter() - start)
     return {k: statistics.median(v) for k, v in times.items()}
 
 
-def _cpu_peak_worker(pair_factory, which: str, mode: str, batch_size: int, dtype, queue) -> None:
-    torch.set_num_threads(torch.get_num_threads())
-    pair = pair_factory()
-    device = torch.device("cpu")
-    before = psutil.Process().memory_info().rss  # what the process holds now; ru_maxrss below is its peak
-    model = (pair.build_ours if which == "ours" else pair.build_theirs)()
-    call = pair.call_ours if which == "ours" else pair.call_theirs
-    batch = pair.make_batch(batch_size, device)
-    make = make_train_step if mode == "train" else make_sample_step
-    step = make(model, call, batch, device, dtype)
-    for _ in range(2):
-        step()
-    queue.put(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - before)
-
-
-def peak_memory_bytes(pair_factory, which: str, mode: str, batch_size: int, device: torch.device, dtype) -> int:
-    """Peak memory of one model's step: CUDA's allocator peak, or on the CPU a fresh process's peak RSS above
-    what it held before building the model."""
+def peak_memory_bytes(step: Step, device: torch.device) -> int:
+    """Peak memory of a warmed-up step, weights, gradients and optimizer state included: CUDA's allocator
+    peak, or on the CPU the peak of live tensor storage counted by torch's ``MemTracker`` (the CPU
+    allocator keeps no statistics, and process RSS mixes in the allocator's caching and the imports)."""
     if device.type == "cuda":
-        pair = pair_factory()
-        model = (pair.build_ours if which == "ours" else pair.build_theirs)().to(device)
-        call = pair.call_ours if which == "ours" else pair.call_theirs
-        make = make_train_step if mode == "train" else make_sample_step
-        step = make(model, call, pair.make_batch(batch_size, device), device, dtype)
-        step()
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
-        base = torch.cuda.memory_allocated()
-        step()
+        step.run()
         torch.cuda.synchronize()
-        peak = torch.cuda.max_memory_allocated() - base
-        del model, step
-        torch.cuda.empty_cache()
-        return peak + base
-    ctx = mp.get_context("spawn")
-    queue = ctx.Queue()
-    proc = ctx.Process(target=_cpu_peak_worker, args=(pair_factory, which, mode, batch_size, dtype, queue))
-    proc.start()
-    value = queue.get()
-    proc.join()
-    return value
+        return torch.cuda.max_memory_allocated()
+    tracker = MemTracker()
+    tracker.track_external(step.model, *([step.optimizer] if step.optimizer else []))
+    with tracker:
+        step.run()
+    return tracker.get_tracker_snapshot("peak")[device]["Total"]
 
 
 def matmul_peak_flops(device: torch.device, dtype: torch.dtype, n: int) -> float:
@@ -213,13 +195,13 @@ def training_flops(model, call, batch, device, dtype) -> int:
     return counter.get_total_flops()
 
 
-PAIRS = {  # partials, not lambdas: the CPU memory probe sends them to a fresh process
-    "cpu": [partial(dit_pair, depth=12, hidden=384, heads=6, patch=2, size=32, channels=4, classes=1000),  # DiT-S/2
-            partial(unet_pair, channels=(64, 128, 128), attention_levels=(1, 2), heads=4, size=32, in_ch=4,
-                    token_dim=256, tokens=16)],
-    "cuda": [partial(dit_pair, depth=28, hidden=1152, heads=16, patch=2, size=32, channels=4, classes=1000),
-             partial(unet_pair, channels=(320, 640, 1280, 1280), attention_levels=(0, 1, 2), heads=8, size=64,
-                     in_ch=4, token_dim=768, tokens=77)],
+PAIRS = {
+    "cpu": {"dit": partial(dit_pair, depth=12, hidden=384, heads=6, patch=2, size=32, channels=4, classes=1000),
+            "unet": partial(unet_pair, channels=(64, 128, 128), attention_levels=(1, 2), heads=4, size=32, in_ch=4,
+                    token_dim=256, tokens=16)},
+    "cuda": {"dit": partial(dit_pair, depth=28, hidden=1152, heads=16, patch=2, size=32, channels=4, classes=1000),
+             "unet": partial(unet_pair, channels=(320, 640, 1280, 1280), attention_levels=(0, 1, 2), heads=8, size=64,
+                     in_ch=4, token_dim=768, tokens=77)},
 }
 
 
@@ -230,6 +212,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=10, help="timed steps per model (median reported)")
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--precisions", default="fp32,bf16", help="comma-separated: fp32, bf16")
+    parser.add_argument("--models", default="dit,unet", help="comma-separated: dit, unet")
+    parser.add_argument("--modes", default="train,sample", help="comma-separated: train, sample")
     parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory measurement")
     args = parser.parse_args()
     device = torch.device(args.device)
@@ -242,7 +226,7 @@ def main() -> None:
           f"threads {torch.get_num_threads()}, batch {batch_size}, torch {torch.__version__}")
     print("matrix-product peak: " + ", ".join(f"{k} {v / 1e12:.2f} TFLOP/s" for k, v in peaks.items()))
     rows = []
-    for factory in PAIRS[device.type]:
+    for factory in (PAIRS[device.type][name] for name in args.models.split(",")):
         pair = factory()
         torch.manual_seed(0)
         ours, theirs = pair.build_ours().to(device), pair.build_theirs().to(device)
@@ -251,19 +235,19 @@ def main() -> None:
         batch = pair.make_batch(batch_size, device)
         for precision in args.precisions.split(","):
             dtype = dtypes[precision]
-            for mode, make in (("train", make_train_step), ("sample", make_sample_step)):
+            for mode in args.modes.split(","):
+                make = {"train": make_train_step, "sample": make_sample_step}[mode]
                 steps = {"ours": make(ours, pair.call_ours, batch, device, dtype),
-                         "diffusers": make(theirs, pair.call_theirs, batch, device, dtype)}
+                         "theirs": make(theirs, pair.call_theirs, batch, device, dtype)}
                 med = interleaved_medians(steps, args.repeats, args.warmup, device)
                 row = dict(model=pair.name.split(",")[0], precision=precision, mode=mode,
-                           ours_ms=med["ours"] * 1e3, theirs_ms=med["diffusers"] * 1e3,
-                           speedup=med["diffusers"] / med["ours"])
+                           ours_ms=med["ours"] * 1e3, theirs_ms=med["theirs"] * 1e3,
+                           speedup=med["theirs"] / med["ours"])
                 if mode == "train":
                     flops = training_flops(ours, pair.call_ours, batch, device, dtype)
                     row["hw_fraction"] = flops / med["ours"] / peaks[precision]
                 if not args.no_memory:
-                    mem = {w: peak_memory_bytes(factory, w, mode, batch_size, device, dtype)
-                           for w in ("ours", "theirs")}
+                    mem = {w: peak_memory_bytes(step, device) for w, step in steps.items()}
                     row["mem_ratio"] = mem["ours"] / mem["theirs"]
                     row["ours_mb"], row["theirs_mb"] = mem["ours"] / 2**20, mem["theirs"] / 2**20
                 rows.append(row)

@@ -74,9 +74,19 @@ class LabelEmbedder(nn.Module):
         return self.embedding_table(labels)  # (B, H)
 
 
+# On the CPU, PyTorch's reduced-precision SDPA kernels run slower than two batched matrix products and
+# a softmax (at 4 x 6 heads x 256 x 256 in bf16: 13.1 ms forward and backward against 6.3 ms), until the
+# score matrix grows large enough for its memory to matter; beyond this many scores SDPA is used.
+MATMUL_ATTENTION_MAX_SCORES = 1 << 23
+
+
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, num_heads: int,
               key_mask: torch.Tensor | None = None) -> torch.Tensor:
-    """Multi-head scaled dot-product attention on ``(B, N, C)`` tensors; ``key_mask`` is ``(B, M)``, True = attend."""
+    """Multi-head scaled dot-product attention on ``(B, N, C)`` tensors; ``key_mask`` is ``(B, M)``, True = attend.
+
+    ``scaled_dot_product_attention`` everywhere but in one case: bf16/fp16 on the CPU with a small score
+    matrix, where the explicit product is faster (same math; the scores are rounded to the input dtype).
+    """
     b, n, c = q.shape
     m = k.shape[1]
     head_dim = c // num_heads
@@ -84,8 +94,20 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, num_heads: int,
     k = k.view(b, m, num_heads, head_dim).transpose(1, 2)
     v = v.view(b, m, num_heads, head_dim).transpose(1, 2)
     mask = None if key_mask is None else key_mask[:, None, None, :]  # (B, 1, 1, M)
-    out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+    if _matmul_attention_is_faster(q, m):
+        scores = torch.matmul(q * head_dim**-0.5, k.transpose(-1, -2))  # (B, heads, N, M)
+        if mask is not None:
+            scores = scores.masked_fill(~mask, float("-inf"))
+        out = torch.matmul(scores.softmax(dim=-1).to(v.dtype), v)
+    else:
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
     return out.transpose(1, 2).reshape(b, n, c)
+
+
+def _matmul_attention_is_faster(q: torch.Tensor, keys: int) -> bool:
+    scores = q.shape[0] * q.shape[1] * q.shape[2] * keys
+    reduced = q.dtype in (torch.bfloat16, torch.float16)
+    return q.device.type == "cpu" and reduced and scores <= MATMUL_ATTENTION_MAX_SCORES
 
 
 class SelfAttention(nn.Module):

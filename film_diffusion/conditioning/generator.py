@@ -12,6 +12,10 @@ class SiteParameterGenerator(nn.Module):
     Emitting every site's parameters at once is what makes FiLM and adaLN-Zero cheap: one GEMM per
     forward pass instead of one small one per block. ``zero_init`` zeroes the last layer, so every
     emitted parameter starts at exactly 0.
+
+    The head runs in float32 even under autocast: it multiplies a handful of rows (one per sample) by
+    a weight as large as a whole block's, so a low-precision copy of that weight, and of its gradient,
+    would cost far more memory traffic than the product saves, and the modulation keeps full precision.
     """
 
     def __init__(self, in_dim: int, sizes: list[int], depth: int = 0, hidden_dim: int | None = None,
@@ -31,4 +35,6 @@ class SiteParameterGenerator(nn.Module):
             nn.init.zeros_(self.out.bias)
 
     def forward(self, v: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        return torch.split(self.out(self.hidden(v)), self.sizes, dim=-1)
+        with torch.autocast(v.device.type, enabled=False):
+            params = self.out(self.hidden(v.float()))
+        return torch.split(params, self.sizes, dim=-1)
