@@ -36,6 +36,7 @@ class Pair:
     """Two models at the same size and one way to call each on the same batch."""
 
     name: str
+    label: str  # short, for the table
     build_ours: Callable[[], torch.nn.Module]
     build_theirs: Callable[[], torch.nn.Module]
     call_ours: Callable[[torch.nn.Module, dict], torch.Tensor]
@@ -59,7 +60,8 @@ def dit_pair(depth: int, hidden: int, heads: int, patch: int, size: int, channel
                     t=torch.randint(0, 1000, (n,), generator=g).to(device),
                     y=torch.randint(0, classes, (n,), generator=g).to(device))
 
-    return Pair(f"DiT d{depth} h{hidden} p{patch} {size}px, adaLN-Zero + labels", ours, theirs,
+    return Pair(f"DiT depth {depth}, width {hidden}, patch {patch}, {size} px, adaLN-Zero + labels",
+                f"DiT d{depth} w{hidden} p{patch}", ours, theirs,
                 lambda m, b: m(b["x"], b["t"], class_labels=b["y"]).sample,
                 lambda m, b: m(b["x"], timestep=b["t"], class_labels=b["y"]).sample, batch)
 
@@ -87,7 +89,8 @@ def unet_pair(channels: tuple[int, ...], attention_levels: tuple[int, ...], head
                     t=torch.randint(0, 1000, (n,), generator=g).to(device),
                     tokens=torch.randn(n, tokens, token_dim, generator=g).to(device))
 
-    return Pair(f"U-Net {list(channels)} attn@{list(attention_levels)} {size}px, cross-attention", ours, theirs,
+    return Pair(f"U-Net channels {list(channels)}, attention at levels {list(attention_levels)}, {size} px, "
+                "cross-attention", f"U-Net {'-'.join(map(str, channels))}", ours, theirs,
                 lambda m, b: m(b["x"], b["t"], condition=Condition(tokens=b["tokens"])).sample,
                 lambda m, b: m(b["x"], b["t"], encoder_hidden_states=b["tokens"]).sample, batch)
 
@@ -240,7 +243,7 @@ def main() -> None:
                 steps = {"ours": make(ours, pair.call_ours, batch, device, dtype),
                          "theirs": make(theirs, pair.call_theirs, batch, device, dtype)}
                 med = interleaved_medians(steps, args.repeats, args.warmup, device)
-                row = dict(model=pair.name.split(",")[0], precision=precision, mode=mode,
+                row = dict(model=pair.label, precision=precision, mode=mode,
                            ours_ms=med["ours"] * 1e3, theirs_ms=med["theirs"] * 1e3,
                            speedup=med["theirs"] / med["ours"])
                 if mode == "train":
