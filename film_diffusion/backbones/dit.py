@@ -164,7 +164,8 @@ class DiT(NullClassMixin, ModelMixin, ConfigMixin):
             raise ValueError(f"sample must be (B, {cfg.in_channels}, {cfg.sample_size}, {cfg.sample_size}), "
                              f"got {tuple(sample.shape)}.")
         t = timesteps_for_batch(timestep, sample.shape[0], sample.device)
-        x = self.x_embedder(sample) + self.pos_embed.to(sample.dtype)    # (B, T, H)
+        x = self.x_embedder(sample)                                      # (B, T, H)
+        x = x + self.pos_embed.to(x.dtype)  # under autocast the residual stream stays in its dtype, as in diffusers
         state = self.conditioner(self.t_embedder(t), condition, class_labels)
         num_patches = x.shape[1]
         x, key_mask = state.extend_sequence(self.sequence_site.name, x)  # (B, T + extra, H)

@@ -99,9 +99,11 @@ class SiteState:
         self._channels[site.name].append(channels)
 
     # -- application (backbones) -----------------------------------------------------------------
+    # Parameters take the features' dtype, so that under autocast a bf16 stream is not promoted to
+    # float32 by float32 parameters (a generator emits float32).
     def affine(self, site: str, x: torch.Tensor) -> torch.Tensor:
         for scale, shift in self._affine.get(site, ()):
-            x = torch.addcmul(shift, x, scale)
+            x = torch.addcmul(shift.to(x.dtype), x, scale.to(x.dtype))
         return x
 
     def gated_add(self, site: str, x: torch.Tensor, branch: torch.Tensor) -> torch.Tensor:
@@ -110,8 +112,8 @@ class SiteState:
         if not gates:
             return x + branch
         for gate in gates[1:]:
-            branch = branch * gate
-        return torch.addcmul(x, branch, gates[0])
+            branch = branch * gate.to(branch.dtype)
+        return torch.addcmul(x, branch.to(x.dtype), gates[0].to(x.dtype))
 
     def residual(self, site: str, x: torch.Tensor) -> torch.Tensor:
         for update in self._residuals.get(site, ()):
