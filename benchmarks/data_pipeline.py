@@ -23,6 +23,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from timing import interleaved_medians
 from torch.utils.data import DataLoader
 
 from film_diffusion import Condition, DiT
@@ -92,22 +93,12 @@ def main() -> None:
         "model only": lambda: train_on(fixed["image"], fixed_condition),
         "real pipeline": pipeline_step,
     }
-    for _ in range(args.warmup):
-        for step in steps.values():
-            step()
-    data_seconds.clear()
-    times: dict[str, list[float]] = {name: [] for name in steps}
-    for _ in range(args.repeats):
-        for name, step in steps.items():
-            start = time.perf_counter()
-            step()
-            times[name].append(time.perf_counter() - start)
-    medians = {name: statistics.median(v) for name, v in times.items()}
+    medians = interleaved_medians(steps, args.repeats, args.warmup, torch.device("cpu"))
     print(f"DiT-S/2 adaLN-Zero + cross-attention, 32 px, batch {args.batch}, {args.precision}, "
           f"{args.workers} workers, {torch.get_num_threads()} threads, torch {torch.__version__}")
     for name, seconds in medians.items():
         print(f"  {name}: {seconds * 1e3:.0f} ms/step, {args.batch / seconds:.1f} images/s")
-    print(f"  waiting for data and captions: median {statistics.median(data_seconds) * 1e3:.1f} ms/step")
+    print(f"  waiting for data and captions: median {statistics.median(data_seconds[args.warmup :]) * 1e3:.1f} ms/step")
     print(f"  real pipeline throughput / model-only throughput: {medians['model only'] / medians['real pipeline']:.3f}")
 
 

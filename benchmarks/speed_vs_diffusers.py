@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import statistics
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -25,6 +24,7 @@ from functools import partial
 import torch
 import torch.nn.functional as F
 from diffusers import DiTTransformer2DModel, UNet2DConditionModel
+from timing import interleaved_medians, synchronize
 from torch.distributed._tools.mem_tracker import MemTracker
 from torch.utils.flop_counter import FlopCounterMode
 
@@ -134,27 +134,6 @@ def make_sample_step(model, call, batch, device, dtype) -> Step:
     return Step(step, model)
 
 
-def synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-
-
-def interleaved_medians(steps: dict[str, Step], repeats: int, warmup: int, device: torch.device) -> dict[str, float]:
-    """Median seconds per call, the candidates taking turns so that drifting machine load hits both alike."""
-    for _ in range(warmup):
-        for step in steps.values():
-            step.run()
-    times: dict[str, list[float]] = {k: [] for k in steps}
-    for _ in range(repeats):
-        for name, step in steps.items():
-            synchronize(device)
-            start = time.perf_counter()
-            step.run()
-            synchronize(device)
-            times[name].append(time.perf_counter() - start)
-    return {k: statistics.median(v) for k, v in times.items()}
-
-
 def peak_memory_bytes(step: Step, device: torch.device) -> int:
     """Peak memory of a warmed-up step, weights, gradients and optimizer state included: CUDA's allocator
     peak, or on the CPU the peak of live tensor storage counted by torch's ``MemTracker`` (the CPU
@@ -242,7 +221,7 @@ def main() -> None:
                 make = {"train": make_train_step, "sample": make_sample_step}[mode]
                 steps = {"ours": make(ours, pair.call_ours, batch, device, dtype),
                          "theirs": make(theirs, pair.call_theirs, batch, device, dtype)}
-                med = interleaved_medians(steps, args.repeats, args.warmup, device)
+                med = interleaved_medians({k: s.run for k, s in steps.items()}, args.repeats, args.warmup, device)
                 row = dict(model=pair.label, precision=precision, mode=mode,
                            ours_ms=med["ours"] * 1e3, theirs_ms=med["theirs"] * 1e3,
                            speedup=med["theirs"] / med["ours"])
