@@ -36,6 +36,7 @@ from film_diffusion.errors import UserError
 
 CONFIG_FILE = "open_clip_config.json"
 WEIGHTS_FILE = "open_clip_model.safetensors"
+MAX_VARIANT_DRAWS = 50  # draws per wanted variant before a scene is declared short of variants
 
 
 def _default_model() -> dict:
@@ -130,13 +131,13 @@ def _check(config: PretrainClipConfig) -> None:
         )
     if config.model.get("vision_cfg", {}).get("image_size") != config.data.resolution:
         raise UserError("model.vision_cfg.image_size must equal data.resolution; set them to the same value.")
-    weights = config.data.variant_weights
     group = config.data.variants_per_scene + 1
     if config.data.variants_per_scene < 1 or config.train.batch_size % group:
         raise UserError(
             f"train.batch_size ({config.train.batch_size}) must be a multiple of data.variants_per_scene + 1 "
             f"({group}), with at least one variant per scene; change one of them."
         )
+    weights = config.data.variant_weights
     if set(weights) - set(ATTRIBUTES) or min(weights.values(), default=0) < 0 or sum(weights.values()) <= 0:
         raise UserError(
             f"data.variant_weights {weights} must give non-negative weights, not all zero, to attributes among "
@@ -190,12 +191,19 @@ def _scene_group(
     objects = item["objects"]
     rng = np.random.default_rng([dataset.seed, index])
     scenes = [objects]
-    while len(scenes) <= count:  # colour, shape and size always have variants; position and count may not
+    for _ in range(MAX_VARIANT_DRAWS * count):  # position and count may have no variant; all may run out
         attribute = ATTRIBUTES[int(rng.choice(len(ATTRIBUTES), p=weights))]
         options = variants(objects, attribute, int(rng.integers(len(objects))), rng, dataset.max_objects)
         options = [scene for scene in options if scene not in scenes]
         if options:
             scenes.append(options[int(rng.integers(len(options)))])
+        if len(scenes) > count:
+            break
+    else:
+        raise UserError(
+            f"Scene {index} has fewer than data.variants_per_scene={count} distinct variants under "
+            "data.variant_weights; lower variants_per_scene or give weight to more attributes."
+        )
     rendered = [item["image"]] + [to_tensor(render(scene, dataset.resolution, rng)) for scene in scenes[1:]]
     return scenes, torch.stack(rendered)
 

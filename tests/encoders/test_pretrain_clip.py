@@ -85,6 +85,14 @@ def test_scene_groups_hold_distinct_variants_that_each_change_one_attribute():
         assert len(set(_group_captions(scenes, rng))) == 4  # the captions tell every scene of a group apart
 
 
+def test_a_scene_short_of_distinct_variants_is_refused_not_retried_forever():
+    dataset = ShapesDataset(16, "train", seed=0, max_objects=1, length=1)
+    only_size = np.array([float(a == "size") for a in ATTRIBUTES])  # one object: a single size variant
+    assert len(_scene_group(dataset, 0, only_size, count=1)[0]) == 2
+    with pytest.raises(UserError, match="fewer than data.variants_per_scene=2 distinct variants"):
+        _scene_group(dataset, 0, only_size, count=2)
+
+
 def test_configs_clip_builtin_yaml_is_the_default_config():
     assert load_config(REPO / "configs/clip_builtin.yaml", PretrainClipConfig) == PretrainClipConfig()
 
