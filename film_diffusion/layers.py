@@ -147,7 +147,8 @@ class PatchEmbed(nn.Module):
         self.proj = nn.Conv2d(in_channels, dim, kernel_size=patch_size, stride=patch_size)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.proj(x).flatten(2).transpose(1, 2)
+        # Contiguous tokens: one copy here instead of a strided copy in every layer norm and slower residual adds.
+        return self.proj(x).flatten(2).transpose(1, 2).contiguous()
 
 
 def unpatchify(x: torch.Tensor, patch_size: int, channels: int, grid: int) -> torch.Tensor:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from film_diffusion.persistent_grad import PersistentGradLinear
+
 
 class SiteParameterGenerator(nn.Module):
     """``SiLU(v)`` -> (``depth`` hidden layers) -> one Linear whose output is split among all sites.
@@ -28,7 +30,7 @@ class SiteParameterGenerator(nn.Module):
             layers += [nn.Linear(width, hidden_dim), nn.SiLU()]
             width = hidden_dim
         self.hidden = nn.Sequential(*layers)
-        self.out = nn.Linear(width, sum(sizes))
+        self.out = PersistentGradLinear(width, sum(sizes))  # its weight is as large as a block's
         self.sizes = list(sizes)
         if zero_init:
             nn.init.zeros_(self.out.weight)

@@ -114,16 +114,20 @@ def test_channels_last_unet_gives_the_same_output():
 
 
 def test_dit_residual_stream_keeps_the_autocast_dtype_and_matches_float32():
-    """Under bf16 autocast the blocks carry bf16 (as diffusers' DiT does); the result stays close to fp32."""
+    """Under bf16 autocast the blocks carry bf16 (as diffusers' DiT does), in contiguous tokens (no strided
+    copies in the layer norms); the result stays close to fp32."""
     model = randomize_(tiny_model("dit", ["adaln_zero", "cross_attention"]))
     sample, t = noisy_batch()
     dtypes: list[torch.dtype] = []
+    contiguous: list[bool] = []
     hooks = [block.register_forward_hook(lambda m, i, out: dtypes.append(out.dtype)) for block in model.blocks]
+    hooks += [block.register_forward_pre_hook(lambda m, args: contiguous.append(args[0].is_contiguous()))
+              for block in model.blocks]
     with torch.autocast("cpu", torch.bfloat16):
         low = model(sample, t, condition=text_condition()).sample
     for hook in hooks:
         hook.remove()
-    assert dtypes == [torch.bfloat16] * len(model.blocks)
+    assert dtypes == [torch.bfloat16] * len(model.blocks) and all(contiguous) and len(contiguous) == len(dtypes)
     full = model(sample, t, condition=text_condition()).sample
     assert full.dtype == torch.float32
     torch.testing.assert_close(low.float(), full, atol=0.05, rtol=0.05)
