@@ -82,26 +82,38 @@ MATMUL_ATTENTION_MAX_SCORES = 1 << 23
 
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, num_heads: int,
               key_mask: torch.Tensor | None = None) -> torch.Tensor:
-    """Multi-head scaled dot-product attention on ``(B, N, C)`` tensors; ``key_mask`` is ``(B, M)``, True = attend.
+    """Multi-head scaled dot-product attention on ``(B, N, C)`` tensors; ``key_mask`` is ``(B, M)``, True = attend."""
+    b, n, c = q.shape
+    q, k, v = (t.view(b, t.shape[1], num_heads, c // num_heads).transpose(1, 2) for t in (q, k, v))
+    return attend_heads(q, k, v, key_mask).transpose(1, 2).reshape(b, n, c)
+
+
+def self_attention(qkv: torch.Tensor, num_heads: int, key_mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Attention of a sequence on itself from its packed ``(B, N, 3C)`` projections (q, k, v side by side)."""
+    b, n, c3 = qkv.shape
+    heads = qkv.view(b, n, 3, num_heads, c3 // (3 * num_heads)).permute(2, 0, 3, 1, 4)  # (3, B, heads, N, d)
+    if _matmul_attention_is_faster(heads[0], n):
+        heads = heads.contiguous()  # one copy makes q, k and v plain batches of matrices (and one in backward)
+    return attend_heads(*heads.unbind(0), key_mask).transpose(1, 2).reshape(b, n, c3 // 3)
+
+
+def attend_heads(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                 key_mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Attention on ``(B, heads, N, d)`` queries and ``(B, heads, M, d)`` keys and values -> ``(B, heads, N, d)``.
 
     ``scaled_dot_product_attention`` everywhere but in one case: bf16/fp16 on the CPU with a small score
     matrix, where the explicit product is faster (same math; the scores are rounded to the input dtype).
     """
-    b, n, c = q.shape
-    m = k.shape[1]
-    head_dim = c // num_heads
-    q = q.view(b, n, num_heads, head_dim).transpose(1, 2)  # (B, heads, N, d)
-    k = k.view(b, m, num_heads, head_dim).transpose(1, 2)
-    v = v.view(b, m, num_heads, head_dim).transpose(1, 2)
     mask = None if key_mask is None else key_mask[:, None, None, :]  # (B, 1, 1, M)
-    if _matmul_attention_is_faster(q, m):
-        scores = torch.matmul(q * head_dim**-0.5, k.transpose(-1, -2))  # (B, heads, N, M)
-        if mask is not None:
-            scores = scores.masked_fill(~mask, float("-inf"))
-        out = torch.matmul(scores.softmax(dim=-1).to(v.dtype), v)
-    else:
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
-    return out.transpose(1, 2).reshape(b, n, c)
+    if not _matmul_attention_is_faster(q, k.shape[2]):
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+    b, heads, n, d = q.shape
+    q, k, v = (t.reshape(b * heads, -1, d) for t in (q, k, v))  # views when already contiguous
+    # The 1/sqrt(d) scale rides on the product (alpha) instead of a pass over q.
+    scores = torch.baddbmm(q.new_zeros(()), q, k.transpose(1, 2), beta=0, alpha=d**-0.5)  # (B*heads, N, M)
+    if mask is not None:
+        scores = scores.view(b, heads, n, -1).masked_fill(~mask, float("-inf")).view(b * heads, n, -1)
+    return torch.bmm(scores.softmax(dim=-1).to(v.dtype), v).view(b, heads, n, d)
 
 
 def _matmul_attention_is_faster(q: torch.Tensor, keys: int) -> bool:
@@ -122,8 +134,7 @@ class SelfAttention(nn.Module):
         self.proj = nn.Linear(dim, dim)
 
     def forward(self, x: torch.Tensor, key_mask: torch.Tensor | None = None) -> torch.Tensor:
-        q, k, v = self.qkv(x).chunk(3, dim=-1)
-        return self.proj(attention(q, k, v, self.num_heads, key_mask))
+        return self.proj(self_attention(self.qkv(x), self.num_heads, key_mask))
 
 
 class Mlp(nn.Module):

@@ -54,3 +54,14 @@ def test_generator_emits_float32_under_autocast_with_the_same_values():
     outside = generator(v.bfloat16().float())
     assert all(p.dtype == torch.float32 for p in inside)
     assert all(torch.equal(a, b) for a, b in zip(inside, outside, strict=True))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])  # the SDPA route, then the CPU's matmul route
+def test_packed_self_attention_equals_attention_on_its_thirds(dtype):
+    g = torch.Generator().manual_seed(1)
+    qkv = torch.randn(2, 16, 3 * 32, generator=g).to(dtype)
+    mask = torch.ones(2, 16, dtype=torch.bool)
+    mask[0, -3:] = False
+    packed = layers.self_attention(qkv, 4, mask)
+    assert packed.shape == (2, 16, 32) and packed.dtype == dtype
+    assert torch.equal(packed, layers.attention(*qkv.chunk(3, dim=-1), 4, mask))
