@@ -10,6 +10,10 @@ precision it times a training step (forward, MSE, backward, fused AdamW) and a s
 ``no_grad``), interleaving the two models step by step after a warm-up, and reports medians,
 our/diffusers throughput and peak-memory ratios, and our training step's achieved FLOP/s against the
 peak of a large matrix product measured in the same process. Prints a Markdown table.
+
+On the CPU both models run with freed memory kept in the process (``keep_freed_memory``, as our trainer
+runs; ``--glibc-defaults`` to skip): with glibc's defaults every step faults its memory in again, and how
+much depends on what the process ran before, so one model's steps would change the other's timings.
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ from torch.distributed._tools.mem_tracker import MemTracker
 from torch.utils.flop_counter import FlopCounterMode
 
 from film_diffusion import Condition, DiT, UNet
+from film_diffusion.cpu_memory import keep_freed_memory
 
 
 @dataclass
@@ -197,15 +202,19 @@ def main() -> None:
     parser.add_argument("--models", default="dit,unet", help="comma-separated: dit, unet")
     parser.add_argument("--modes", default="train,sample", help="comma-separated: train, sample")
     parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory measurement")
+    parser.add_argument("--glibc-defaults", action="store_true",
+                        help="on the CPU, leave glibc's allocator as it is instead of keeping freed memory")
     args = parser.parse_args()
     device = torch.device(args.device)
+    kept = device.type == "cpu" and not args.glibc_defaults and keep_freed_memory()
     batch_size = args.batch or (4 if device.type == "cpu" else 32)
     dtypes = {"fp32": None, "bf16": torch.bfloat16}
     peak_n = 2048 if device.type == "cpu" else 8192
     peaks = {name: matmul_peak_flops(device, torch.float32 if d is None else d, peak_n)
              for name, d in dtypes.items()}
     print(f"device: {device} ({torch.cuda.get_device_name() if device.type == 'cuda' else 'CPU'}), "
-          f"threads {torch.get_num_threads()}, batch {batch_size}, torch {torch.__version__}")
+          f"threads {torch.get_num_threads()}, batch {batch_size}, torch {torch.__version__}"
+          + (", freed memory kept" if kept else ""))
     print("matrix-product peak: " + ", ".join(f"{k} {v / 1e12:.2f} TFLOP/s" for k, v in peaks.items()))
     rows = []
     for factory in (PAIRS[device.type][name] for name in args.models.split(",")):
