@@ -9,9 +9,9 @@ to autograd is a view of it, which autograd stores as ``weight.grad`` without a 
 
 The view means that a ``weight.grad`` kept by the caller past the next backward pass is overwritten by
 it, as with DDP's ``gradient_as_bucket_view``. Accumulation is unchanged: while ``weight.grad`` is set,
-the layer hands autograd a fresh gradient to add to it. A forward pass without gradients (sampling)
-releases the buffer. Elsewhere (a GPU, whose caching allocator makes fresh memory cheap; a frozen
-weight; ``torch.compile``) it is a plain ``nn.Linear``.
+the layer hands autograd a fresh gradient to add to it. Elsewhere it is a plain ``nn.Linear`` and
+holds no buffer: without gradients (sampling), for a frozen weight, on a GPU (whose caching allocator
+makes fresh memory cheap), and under ``torch.compile``.
 """
 
 from __future__ import annotations
@@ -33,12 +33,12 @@ class PersistentGradLinear(nn.Linear):
         self.register_buffer("weight_grad_buffer", None, persistent=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if torch.compiler.is_compiling() or self.weight.device.type != "cpu" or not self.weight.requires_grad:
+        if torch.compiler.is_compiling():
             return F.linear(x, self.weight, self.bias)
-        if not torch.is_grad_enabled():
-            self.weight_grad_buffer = None  # sampling (between training steps too) does not hold the buffer
-            return F.linear(x, self.weight, self.bias)
-        return _LinearIntoGradBuffer.apply(x, self.weight, self.bias, self)
+        if self.weight.device.type == "cpu" and self.weight.requires_grad and torch.is_grad_enabled():
+            return _LinearIntoGradBuffer.apply(x, self.weight, self.bias, self)
+        self.weight_grad_buffer = None  # sampling (between training steps too), a frozen weight, a GPU
+        return F.linear(x, self.weight, self.bias)
 
     def grad_buffer(self) -> torch.Tensor:
         """The buffer for the next weight gradient, (re)made to match the weight."""
