@@ -65,3 +65,19 @@ def test_packed_self_attention_equals_attention_on_its_thirds(dtype):
     packed = layers.self_attention(qkv, 4, mask)
     assert packed.shape == (2, 16, 32) and packed.dtype == dtype
     assert torch.equal(packed, layers.attention(*qkv.chunk(3, dim=-1), 4, mask))
+
+
+def test_tanh_gelu_is_torchs_in_float32_and_within_rounding_in_bf16():
+    x = torch.randn(4096, generator=torch.Generator().manual_seed(2)) * 3
+    gelu = layers.TanhGelu()
+    assert torch.equal(gelu(x), F.gelu(x, approximate="tanh"))
+    low = x.bfloat16().requires_grad_()
+    reference = F.gelu(x, approximate="tanh")
+    out = gelu(low)
+    assert out.dtype == torch.bfloat16
+    torch.testing.assert_close(out.float(), reference, rtol=1e-2, atol=1e-2)  # within about two bf16 ulps
+    upstream = torch.randn(4096, generator=torch.Generator().manual_seed(3)).bfloat16()
+    out.backward(upstream)
+    low_reference = low.detach().clone().requires_grad_()
+    F.gelu(low_reference, approximate="tanh").backward(upstream)
+    assert torch.equal(low.grad, low_reference.grad)  # the backward pass is PyTorch's own
