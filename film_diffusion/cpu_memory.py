@@ -3,7 +3,8 @@
 Why: PyTorch takes CPU tensors from glibc's ``malloc``. glibc hands the top of its heap back to the kernel
 whenever more than its trim threshold of it is free, and a training step frees most of what it allocated
 (activations, gradients) by its end, so every step asks the kernel for the same memory again and pays a
-page fault and a zeroed page per 4 KiB: on our 2-core CI machine 180 MB and 14% of a DiT-S/2 bf16 step.
+page fault and a zeroed page per 4 KiB: on our 2-core CI machine 180 MB and 14% of the time of a DiT-S/2
+bf16 step.
 With trimming off and the mmap threshold fixed at its largest, steady-state steps fault no pages in.
 The cost is the one a GPU process pays too: the process keeps its peak heap.
 
