@@ -4,9 +4,8 @@ Why: PyTorch takes CPU tensors from glibc's ``malloc``. glibc hands the top of i
 whenever more than its trim threshold of it is free, and a training step frees most of what it allocated
 (activations, gradients) by its end, so every step asks the kernel for the same memory again and pays a
 page fault and a zeroed page per 4 KiB: on our 2-core CI machine 180 MB and 14% of the time of a DiT-S/2
-bf16 step.
-With trimming off and the mmap threshold fixed at its largest, steady-state steps fault no pages in.
-The cost is the one a GPU process pays too: the process keeps its peak heap.
+bf16 step. With trimming off and the mmap threshold fixed at its largest, steady-state steps fault no
+pages in. The cost is the one a GPU process pays too: the process keeps its peak heap.
 
 The same from the shell, for any program: ``MALLOC_TRIM_THRESHOLD_=2147483647 MALLOC_MMAP_THRESHOLD_=33554432``.
 """
