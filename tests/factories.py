@@ -8,6 +8,22 @@ from film_diffusion.conditioning import Condition
 
 TOKEN_DIM, POOLED_DIM, NUM_TOKENS = 24, 16, 6
 
+METHOD_LISTS = [
+    ["film"],
+    ["adaln_zero"],
+    ["cross_attention"],
+    ["concat"],
+    ["adaln_zero", "cross_attention"],
+    ["film", "cross_attention"],
+    ["film", "concat"],
+]
+CASES = [(b, m, r) for b in ("dit", "unet") for m in METHOD_LISTS for r in ("native", "with_condition")]
+
+
+def case_id(case) -> str:
+    backbone, methods, route = case
+    return f"{backbone}-{'+'.join(methods)}-{route}"
+
 
 def tiny_model(backbone: str, conditioning=None, timestep_route: str = "native", **kwargs) -> torch.nn.Module:
     """A CPU-sized DiT or U-Net taking text conditions of the widths below."""

@@ -25,6 +25,7 @@ from film_diffusion.layers import (
     sincos_pos_embed_2d,
     timesteps_for_batch,
     unpatchify,
+    zero_module,
 )
 
 
@@ -147,8 +148,7 @@ class DiT(NullClassMixin, ModelMixin, ConfigMixin):
                 nn.init.normal_(m.weight, std=0.02)
         if self.conditioner.label_embedder is not None:
             nn.init.normal_(self.conditioner.label_embedder.embedding_table.weight, std=0.02)
-        nn.init.zeros_(self.final_layer.linear.weight)  # the output starts at 0, as in the paper
-        nn.init.zeros_(self.final_layer.linear.bias)
+        zero_module(self.final_layer.linear)  # the output starts at 0, as in the paper
 
     def forward(
         self,
@@ -164,7 +164,7 @@ class DiT(NullClassMixin, ModelMixin, ConfigMixin):
             raise ValueError(f"sample must be (B, {cfg.in_channels}, {cfg.sample_size}, {cfg.sample_size}), "
                              f"got {tuple(sample.shape)}.")
         t = timesteps_for_batch(timestep, sample.shape[0], sample.device)
-        x = self.x_embedder(sample)                                      # (B, T, H)
+        x = self.x_embedder(sample.to(self.x_embedder.proj.weight.dtype))  # (B, T, H)
         x = x + self.pos_embed.to(x.dtype)  # under autocast the residual stream stays in its dtype, as in diffusers
         state = self.conditioner(self.t_embedder(t), condition, class_labels)
         num_patches = x.shape[1]

@@ -15,6 +15,7 @@ from torch import nn
 from film_diffusion.conditioning.base import ConditioningMethod, Wiring
 from film_diffusion.conditioning.sites import Signals, Site, SiteState
 from film_diffusion.errors import UserError
+from film_diffusion.layers import zero_module
 
 
 class Concat(ConditioningMethod):
@@ -45,8 +46,7 @@ class Concat(ConditioningMethod):
         if zero_init:
             for proj in (self.token_proj, self.pooled_proj, self.time_proj):
                 if proj is not None:
-                    nn.init.zeros_(proj.weight)
-                    nn.init.zeros_(proj.bias)
+                    zero_module(proj)
 
     def extra_input_channels(self, site: Site) -> int:
         if site != self.site or site.kind != "input":
@@ -69,6 +69,7 @@ class Concat(ConditioningMethod):
             if signals.tokens is None:
                 raise ValueError("Conditioning method 'concat' needs condition tokens, but the call gave none: "
                                  "pass condition.tokens.")
-            state.add_tokens(self.site, self.token_proj(signals.tokens), signals.mask)
+            tokens = signals.tokens.to(self.token_proj.weight.dtype)
+            state.add_tokens(self.site, self.token_proj(tokens), signals.mask)
         if vectors:
             state.add_tokens(self.site, torch.stack(vectors, dim=1))

@@ -2,23 +2,7 @@
 
 import pytest
 import torch
-from factories import noisy_batch, randomize_, text_condition, tiny_model
-
-METHOD_LISTS = [
-    ["film"],
-    ["adaln_zero"],
-    ["cross_attention"],
-    ["concat"],
-    ["adaln_zero", "cross_attention"],
-    ["film", "cross_attention"],
-    ["film", "concat"],
-]
-CASES = [(b, m, r) for b in ("dit", "unet") for m in METHOD_LISTS for r in ("native", "with_condition")]
-
-
-def case_id(case) -> str:
-    backbone, methods, route = case
-    return f"{backbone}-{'+'.join(methods)}-{route}"
+from factories import CASES, METHOD_LISTS, case_id, noisy_batch, randomize_, text_condition, tiny_model
 
 
 @pytest.mark.parametrize("case", CASES, ids=case_id)
