@@ -14,6 +14,13 @@ import torch.nn.functional as F
 from torch import nn
 
 
+def zero_module(module: nn.Module) -> nn.Module:
+    """Zero a layer's weight and bias (ADM's ``zero_module``): a residual branch it ends starts at 0."""
+    for p in module.parameters():
+        nn.init.zeros_(p)
+    return module
+
+
 def timestep_frequencies(t: torch.Tensor, dim: int, max_period: float = 10000.0,
                          freq_shift: float = 0.0) -> torch.Tensor:
     """Sinusoidal timestep features ``[cos, sin]`` (the DiT / ADM convention).
@@ -104,8 +111,17 @@ def attend_heads(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
 
     ``scaled_dot_product_attention`` everywhere but in one case: bf16/fp16 on the CPU with a small score
     matrix, where the explicit product is faster (same math; the scores are rounded to the input dtype).
+    A sample whose keys are all masked has nothing to attend to: its output is zero on every route
+    (a softmax over no keys would be NaN).
     """
-    mask = None if key_mask is None else key_mask[:, None, None, :]  # (B, 1, 1, M)
+    if key_mask is None:
+        return _attend(q, k, v, None)
+    has_keys = key_mask.any(dim=-1)  # (B,)
+    mask = (key_mask | ~has_keys[:, None])[:, None, None, :]  # (B, 1, 1, M); keyless samples attend anywhere...
+    return _attend(q, k, v, mask) * has_keys[:, None, None, None].to(q.dtype)  # ...and are then zeroed
+
+
+def _attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
     if not _matmul_attention_is_faster(q, k.shape[2]):
         return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
     b, heads, n, d = q.shape

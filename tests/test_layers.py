@@ -81,3 +81,19 @@ def test_tanh_gelu_is_torchs_in_float32_and_within_rounding_in_bf16():
     low_reference = low.detach().clone().requires_grad_()
     F.gelu(low_reference, approximate="tanh").backward(upstream)
     assert torch.equal(low.grad, low_reference.grad)  # the backward pass is PyTorch's own
+
+
+ROUTES = [("sdpa", torch.float32), ("sdpa", torch.bfloat16), ("matmul", torch.bfloat16), ("matmul", torch.float16)]
+
+
+@pytest.mark.parametrize(("route", "dtype"), ROUTES, ids=lambda r: str(r))
+def test_a_sample_with_every_key_masked_gets_a_zero_output_on_every_route(route, dtype, monkeypatch):
+    if route == "sdpa":
+        monkeypatch.setattr(layers, "MATMUL_ATTENTION_MAX_SCORES", 0)
+    q, k, v, mask = qkv_and_mask(dtype)
+    assert layers._matmul_attention_is_faster(q.view(2, 16, 4, 8).transpose(1, 2), keys=12) == (route == "matmul")
+    mask[1] = False  # the second sample has no real key (an empty caption with all of its padding masked)
+    out = layers.attention(q, k, v, 4, mask)
+    assert torch.isfinite(out).all()
+    assert torch.equal(out[1], torch.zeros_like(out[1]))
+    assert torch.equal(out[0], layers.attention(q[:1], k[:1], v[:1], 4, mask[:1])[0])  # the others are unchanged

@@ -36,7 +36,9 @@ class Condition:
                     f"got {tuple(self.mask.shape)}."
                 )
             if self.mask.dtype != torch.bool:
-                self.mask = self.mask.bool()
+                raise ValueError(f"Condition.mask must be a bool tensor (True = a real token), got {self.mask.dtype}; "
+                                 "convert a 0/1 attention mask with mask.bool() and an additive 0/-inf mask with "
+                                 "mask == 0.")
         sizes = {t.shape[0] for t in (self.tokens, self.pooled) if t is not None}
         if len(sizes) > 1:
             raise ValueError(f"Condition fields disagree on the batch size: {sorted(sizes)}.")

@@ -2,8 +2,8 @@
 
 Every ``context`` site gets its own query and output projection; the keys and values of all sites
 are projected from the condition tokens in one matrix product per forward pass. Padded tokens are
-masked out. With ``timestep_route="with_condition"`` the timestep embedding becomes one more key/value
-token.
+masked out, and a sample with no real token gets a zero update. With ``timestep_route="with_condition"``
+the timestep embedding becomes one more key/value token.
 """
 
 from __future__ import annotations
@@ -13,7 +13,8 @@ from torch import nn
 
 from film_diffusion.conditioning.base import ConditioningMethod, Wiring
 from film_diffusion.conditioning.sites import Signals, SiteState
-from film_diffusion.layers import attention
+from film_diffusion.errors import UserError
+from film_diffusion.layers import attention, zero_module
 
 
 class CrossAttention(ConditioningMethod):
@@ -30,6 +31,10 @@ class CrossAttention(ConditioningMethod):
         self.require_tokens(wiring)
         self.sites = self.require_sites(wiring.sites_of("context"), "context (attention)")
         self.heads = [num_heads or site.num_heads or 1 for site in self.sites]
+        for site, heads in zip(self.sites, self.heads, strict=True):
+            if site.channels % heads:
+                raise UserError(f"cross_attention num_heads={heads} does not divide the width {site.channels} of "
+                                f"site '{site.name}'; choose a num_heads that divides every attention width.")
         token_dim = wiring.token_dim if wiring.use_condition else wiring.embed_dim
         self.time_token = nn.Linear(wiring.embed_dim, token_dim) if wiring.use_timestep else None
         self.kv_sizes = [2 * s.channels for s in self.sites]
@@ -39,8 +44,7 @@ class CrossAttention(ConditioningMethod):
         self.to_out = nn.ModuleList(nn.Linear(s.channels, s.channels) for s in self.sites)
         if zero_init:
             for proj in self.to_out:
-                nn.init.zeros_(proj.weight)
-                nn.init.zeros_(proj.bias)
+                zero_module(proj)
 
     def context(self, signals: Signals) -> tuple[torch.Tensor, torch.Tensor | None]:
         """The key/value tokens ``(B, L, D)`` and their mask (None when every token is real)."""
@@ -63,11 +67,14 @@ class CrossAttention(ConditioningMethod):
     def register(self, signals: Signals, state: SiteState) -> None:
         tokens, mask = self.context(signals)
         kv = torch.split(self.to_kv(tokens.to(self.to_kv.weight.dtype)), self.kv_sizes, dim=-1)
+        # A sample with no real token has nothing to read: its update is zero at every site.
+        has_tokens = None if mask is None else mask.any(dim=-1)[:, None, None]  # (B, 1, 1)
         for index, site in enumerate(self.sites):
             k, v = kv[index].chunk(2, dim=-1)
-            state.add_residual(site, lambda x, i=index, k=k, v=v: self.attend(i, x, k, v, mask))
+            state.add_residual(site, lambda x, i=index, k=k, v=v: self.attend(i, x, k, v, mask, has_tokens))
 
-    def attend(self, index: int, x: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
-               mask: torch.Tensor | None) -> torch.Tensor:
+    def attend(self, index: int, x: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None,
+               has_tokens: torch.Tensor | None) -> torch.Tensor:
         q = self.to_q[index](self.norms[index](x))
-        return self.to_out[index](attention(q, k.to(q.dtype), v.to(q.dtype), self.heads[index], mask))
+        update = self.to_out[index](attention(q, k.to(q.dtype), v.to(q.dtype), self.heads[index], mask))
+        return update if has_tokens is None else update * has_tokens.to(update.dtype)  # (B, N, C)

@@ -40,6 +40,13 @@ def test_missing_pooled_dim_names_the_fix():
         tiny_model("dit", ["film"], cond_pooled_dim=None)
 
 
+@pytest.mark.parametrize("backbone", ["dit", "unet"])
+def test_cross_attention_heads_that_do_not_divide_the_width_are_refused_at_build_time(backbone):
+    with pytest.raises(UserError, match=r"cross_attention num_heads=5 does not divide the width (32|16) of site "
+                                        r"'.*context'; choose a num_heads that divides every attention width"):
+        tiny_model(backbone, [{"name": "cross_attention", "num_heads": 5}])
+
+
 def test_sample_size_must_be_divisible_by_patch_size():
     with pytest.raises(UserError, match=r"sample_size=30 is not divisible by patch_size=4; choose a sample_size"):
         DiT(sample_size=30, patch_size=4)

@@ -13,8 +13,19 @@ def test_shapes_are_checked_with_clear_messages():
         Condition(tokens=torch.zeros(2, 3, 4), pooled=torch.zeros(3, 4))
 
 
-def test_mask_becomes_bool_and_batch_ops_round_trip():
-    c = Condition(tokens=torch.randn(2, 3, 4), mask=torch.tensor([[1, 1, 0], [1, 1, 1]]), pooled=torch.randn(2, 5))
+@pytest.mark.parametrize("mask", [torch.tensor([[1, 1, 0], [1, 1, 1]]),  # a tokenizer's 0/1 attention mask
+                                  torch.tensor([[0.0, 0.0, float("-inf")], [0.0, 0.0, 0.0]])])  # an additive one
+def test_a_mask_that_is_not_bool_is_refused_with_the_conversion_to_use(mask):
+    # .bool() would silently invert the additive mask (0 -> False = padding, -inf -> True = real)
+    with pytest.raises(ValueError, match=r"mask must be a bool tensor \(True = a real token\), got torch\.\w+; "
+                                         r"convert a 0/1 attention mask with mask.bool\(\) and an additive 0/-inf "
+                                         r"mask with mask == 0"):
+        Condition(tokens=torch.randn(2, 3, 4), mask=mask)
+
+
+def test_batch_ops_round_trip():
+    mask = torch.tensor([[True, True, False], [True, True, True]])
+    c = Condition(tokens=torch.randn(2, 3, 4), mask=mask, pooled=torch.randn(2, 5))
     assert c.mask.dtype == torch.bool and c.batch_size == 2
     both = Condition.cat([c[:1], c[1:]])
     assert torch.equal(both.tokens, c.tokens) and torch.equal(both.mask, c.mask) and torch.equal(both.pooled, c.pooled)
