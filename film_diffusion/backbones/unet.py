@@ -20,7 +20,7 @@ from torch import nn
 from film_diffusion.backbones.output import DenoiserOutput, NullClassMixin
 from film_diffusion.conditioning import Condition, ConditioningStack, Site, SiteState
 from film_diffusion.errors import UserError
-from film_diffusion.layers import Mlp, SelfAttention, TimestepEmbedder, timesteps_for_batch
+from film_diffusion.layers import Mlp, SelfAttention, TimestepEmbedder, timesteps_for_batch, zero_module
 
 
 class ResBlock(nn.Module):
@@ -125,6 +125,10 @@ class UNet(NullClassMixin, ModelMixin, ConfigMixin):
             or ``"with_condition"``.
         cond_token_dim / cond_pooled_dim: the text encoder's ``token_dim`` / ``pooled_dim``.
         norm_num_groups: GroupNorm groups; every level's channels must be divisible by it.
+        zero_init: as ADM does, zero the last convolution of every ResBlock and the output projection of
+            every attention block, so that every block starts as the identity (a ResBlock as its skip
+            projection). A ResBlock whose residual branch a method already gates with a zero-initialised
+            gate (adaLN-Zero) keeps its convolution: two zero factors would give neither a gradient.
     """
 
     native_timestep_method = "film"
@@ -145,6 +149,7 @@ class UNet(NullClassMixin, ModelMixin, ConfigMixin):
         cond_token_dim: int | None = None,
         cond_pooled_dim: int | None = None,
         norm_num_groups: int = 32,
+        zero_init: bool = True,
     ):
         super().__init__()
         channels = list(block_out_channels)
@@ -200,8 +205,7 @@ class UNet(NullClassMixin, ModelMixin, ConfigMixin):
 
         self.norm_out = nn.GroupNorm(norm_num_groups, ch)
         self.conv_out = nn.Conv2d(ch, self.out_channels, 3, padding=1)
-        nn.init.zeros_(self.conv_out.weight)  # the output starts at 0, as in ADM
-        nn.init.zeros_(self.conv_out.bias)
+        zero_module(self.conv_out)  # the output starts at 0, as in ADM
 
         self.input_site = Site("input", "input", in_channels, layout="image")
         sites = [self.input_site]
@@ -213,6 +217,13 @@ class UNet(NullClassMixin, ModelMixin, ConfigMixin):
                                              cond_pooled_dim=cond_pooled_dim, num_classes=num_classes)
         extra = self.conditioner.extra_input_channels(self.input_site)
         self.conv_in = nn.Conv2d(in_channels + extra, channels[0], 3, padding=1)
+        if zero_init:
+            gated = self.conditioner.zeroed_gates()
+            for block in self.modules():
+                if isinstance(block, ResBlock) and block.site_gate not in gated:
+                    zero_module(block.conv2)
+                elif isinstance(block, AttentionBlock):
+                    zero_module(block.proj_out)
 
     def forward(
         self,
@@ -227,6 +238,7 @@ class UNet(NullClassMixin, ModelMixin, ConfigMixin):
             raise ValueError(f"sample must be (B, {cfg.in_channels}, H, W), got {tuple(sample.shape)}.")
         t = timesteps_for_batch(timestep, sample.shape[0], sample.device)
         state = self.conditioner(self.t_embedder(t), condition, class_labels)
+        sample = sample.to(self.conv_in.weight.dtype)
         h = self.conv_in(state.extend_channels(self.input_site.name, sample))  # (B, C0, H, W)
         skips = [h]
         for level in self.down:

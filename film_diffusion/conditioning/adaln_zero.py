@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from film_diffusion.conditioning.base import ConditioningMethod, Wiring
 from film_diffusion.conditioning.generator import SiteParameterGenerator
-from film_diffusion.conditioning.sites import Signals, SiteState
+from film_diffusion.conditioning.sites import Signals, Site, SiteState
 
 
 class AdaLNZero(ConditioningMethod):
@@ -28,6 +28,10 @@ class AdaLNZero(ConditioningMethod):
         # In site order a DiT block reads: shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp.
         sizes = [2 * s.channels if s.kind == "norm" else s.channels for s in self.sites]
         self.generator = SiteParameterGenerator(wiring.embed_dim, sizes, zero_init=zero_init)
+        self.zero_init = zero_init
+
+    def zeroed_gates(self) -> list[Site]:
+        return [s for s in self.sites if s.kind == "gate"] if self.zero_init else []
 
     def register(self, signals: Signals, state: SiteState) -> None:
         for site, params in zip(self.sites, self.generator(self.drive_vector(signals)), strict=True):

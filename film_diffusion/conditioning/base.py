@@ -54,6 +54,11 @@ class ConditioningMethod(nn.Module, ABC):
         """Channels this method concatenates at an ``input`` site (the backbone sizes its first layer so)."""
         return 0
 
+    def zeroed_gates(self) -> list[Site]:
+        """The gate sites this method starts at exactly zero. A backbone does not also zero-initialise the
+        branch such a gate multiplies: a product of two zeros gets no gradient, so neither would learn."""
+        return []
+
     @abstractmethod
     def register(self, signals: Signals, state: SiteState) -> None:
         """Compute this pass's effects and register them at the sites."""

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from typing import Literal
 
+import torch
+
 from film_diffusion.conditioning.base import ConditioningMethod, Wiring
 from film_diffusion.conditioning.generator import SiteParameterGenerator
 from film_diffusion.conditioning.sites import Signals, SiteKind, SiteState
@@ -27,11 +29,12 @@ class FiLM(ConditioningMethod):
     Options:
         gamma:      ``"delta"`` (default) predicts ``gamma = 1 + delta``, so a zero-initialised head is the
                     identity; ``"raw"`` predicts ``gamma`` directly, as in the paper's ablation.
-        depth:      hidden layers in the generator; 0 (default) is a plain linear head, which the paper
-                    found regularises best.
+        depth:      hidden layers in the generator; 0 (default) is SiLU then one Linear, DiT's adaLN head
+                    (the FiLM paper's generator is a linear map of the question embedding).
         hidden_dim: width of those hidden layers (default: the embedding width).
         placement:  ``"after_norm"`` (default), ``"after_residual"`` or ``"before_block"``.
-        zero_init:  zero the generator's last layer (default True): delta = beta = 0 at init.
+        zero_init:  start every site at the identity (default True): the generator's last layer is zeroed,
+                    so delta = beta = 0, and with raw gamma its gamma biases are 1.
     """
 
     name = "film"
@@ -46,8 +49,13 @@ class FiLM(ConditioningMethod):
         self.require_pooled(wiring)
         self.gamma_offset = 1.0 if gamma == "delta" else 0.0
         self.sites = self.require_sites(wiring.sites_of(PLACEMENT_SITES[placement]), PLACEMENT_SITES[placement])
-        self.generator = SiteParameterGenerator(wiring.embed_dim, [2 * s.channels for s in self.sites],
-                                                depth=depth, hidden_dim=hidden_dim, zero_init=zero_init)
+        sizes = [2 * s.channels for s in self.sites]
+        self.generator = SiteParameterGenerator(wiring.embed_dim, sizes, depth=depth, hidden_dim=hidden_dim,
+                                                zero_init=zero_init)
+        if zero_init and gamma == "raw":  # raw gamma starts at 1 too: gamma = 1, beta = 0 is the identity
+            with torch.no_grad():
+                for params in torch.split(self.generator.out.bias, sizes):
+                    params[: params.shape[0] // 2].fill_(1.0)
 
     def register(self, signals: Signals, state: SiteState) -> None:
         for site, params in zip(self.sites, self.generator(self.drive_vector(signals)), strict=True):

@@ -2,10 +2,10 @@
 
 import pytest
 import torch
-from factories import noisy_batch, randomize_, text_condition, tiny_model
+from factories import CASES, METHOD_LISTS, case_id, noisy_batch, randomize_, text_condition, tiny_model
 
 from film_diffusion.backbones.dit import DiTBlock
-from film_diffusion.backbones.unet import ResBlock
+from film_diffusion.backbones.unet import AttentionBlock, ResBlock
 
 
 def record_io(model, block_type):
@@ -47,10 +47,45 @@ def test_adaln_zero_unet_resblocks_start_with_a_zero_residual_branch():
             assert torch.equal(block_in, block_out)
 
 
+@pytest.mark.parametrize("methods", METHOD_LISTS, ids="+".join)
+def test_every_unet_block_is_the_identity_at_init_under_the_native_route(methods):
+    """ADM's zero-init: a ResBlock starts as its skip projection, an attention block as the identity."""
+    model = tiny_model("unet", methods)
+    res, _ = record_io(model, ResBlock)
+    attn, _ = record_io(model, AttentionBlock)
+    sample, t = noisy_batch()
+    model(sample, t, condition=text_condition())
+    assert len(res) == 8 and len(attn) == 1 + 1 + 2  # down level 1, mid, up level 1
+    assert all(torch.equal(block.skip(i), o) for block, i, o in res)
+    assert all(torch.equal(i, o) for _, i, o in attn)
+
+
+def test_unet_zero_init_can_opt_out():
+    model = tiny_model("unet", ["film"], zero_init=False)
+    assert all(m.conv2.weight.abs().sum() > 0 for m in model.modules() if isinstance(m, ResBlock))
+    assert all(m.proj_out.weight.abs().sum() > 0 for m in model.modules() if isinstance(m, AttentionBlock))
+
+
+@pytest.mark.parametrize("case", CASES, ids=case_id)
+def test_every_parameter_learns_from_the_default_init(case):
+    """Every parameter gets a gradient within a few steps: a zero gate times a zero branch never would."""
+    model = tiny_model(*case)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
+    sample, t = noisy_batch()
+    reached = set()
+    for _ in range(6):  # zero-initialised layers wake in turn, from the output backwards
+        optimizer.zero_grad()
+        model(sample, t, condition=text_condition()).sample.sub(sample).square().mean().backward()
+        reached |= {name for name, p in model.named_parameters() if p.grad.abs().sum() > 0}
+        optimizer.step()
+    assert {name for name, _ in model.named_parameters()} - reached == set()
+
+
+@pytest.mark.parametrize("gamma", ["delta", "raw"])
 @pytest.mark.parametrize("backbone", ["dit", "unet"])
 @pytest.mark.parametrize("placement", ["after_norm", "after_residual", "before_block"])
-def test_film_with_one_plus_delta_leaves_features_unchanged_at_init(backbone, placement):
-    model = tiny_model(backbone, [{"name": "film", "placement": placement}], "with_condition")
+def test_film_leaves_features_unchanged_at_init(backbone, placement, gamma):
+    model = tiny_model(backbone, [{"name": "film", "placement": placement, "gamma": gamma}], "with_condition")
     film = model.conditioner.methods["film"]
     assert len(film.sites) > 0
     sample, t = noisy_batch()
@@ -61,12 +96,14 @@ def test_film_with_one_plus_delta_leaves_features_unchanged_at_init(backbone, pl
         assert torch.equal(state.affine(site.name, x), x), site.name
 
 
-def test_film_raw_gamma_is_not_the_identity():
+def test_film_raw_gamma_learns_gamma_itself():
+    """Raw gamma is emitted as it is (no 1 + delta): its generator's gamma biases are the 1 of the identity."""
     model = tiny_model("dit", [{"name": "film", "gamma": "raw"}], "with_condition")
-    state = model.conditioner(model.t_embedder(torch.tensor([1, 2])), text_condition())
-    site = model.conditioner.methods["film"].sites[0]
-    x = torch.randn(2, 5, site.channels)
-    assert torch.equal(state.affine(site.name, x), torch.zeros_like(x))  # gamma = 0, beta = 0 at init
+    film = model.conditioner.methods["film"]
+    assert film.gamma_offset == 0.0
+    bias = torch.split(film.generator.out.bias, [2 * s.channels for s in film.sites])
+    assert all(torch.equal(b, torch.cat([torch.ones(len(b) // 2), torch.zeros(len(b) // 2)])) for b in bias)
+    assert film.generator.out.weight.abs().sum() == 0
 
 
 @pytest.mark.parametrize("backbone", ["dit", "unet"])
@@ -118,3 +155,21 @@ def test_concat_tokens_never_reach_the_output_grid(route):
     assert block_lengths == [patches + extra]
     assert seen == [torch.Size([2, patches, 32])]
     assert out.shape == sample.shape
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16], ids=str)
+@pytest.mark.parametrize("backbone", ["dit", "unet"])
+def test_a_condition_with_no_real_token_gets_a_zero_cross_attention_update(backbone, dtype):
+    model = randomize_(tiny_model(backbone, ["cross_attention"])).to(dtype).eval()
+    condition = text_condition()
+    condition.mask[1] = False  # a null condition built with every token masked
+    updates = []
+    sample, t = noisy_batch()
+    state = model.conditioner(model.t_embedder(t), condition)
+    for site in model.conditioner.methods["cross_attention"].sites:
+        x = torch.randn(2, 5, site.channels, dtype=dtype)
+        updates.append(state.residual(site.name, x) - x)
+    assert all(torch.equal(u[1], torch.zeros_like(u[1])) for u in updates)
+    assert all(u[0].abs().sum() > 0 for u in updates)
+    with torch.no_grad():
+        assert torch.isfinite(model(sample, t, condition=condition).sample).all()
