@@ -105,18 +105,34 @@ class ConditioningStack(nn.Module):
         self.pooled_proj = nn.Linear(cond_pooled_dim, embed_dim) if cond_pooled_dim and reads_pooled else None
         self.label_embedder = LabelEmbedder(num_classes, embed_dim) if num_classes is not None else None
 
+    def check_inputs(self, condition: Condition | None, class_labels: torch.Tensor | None) -> None:
+        """Every embedder the model was built with must be fed: an unfed one gets no gradient, which
+        DDP (without ``find_unused_parameters``) refuses, and silently drops part of the condition."""
+        if class_labels is not None and self.label_embedder is None:
+            raise ValueError("class_labels were passed to a model built without num_classes; "
+                             "rebuild it with num_classes set or pass a text condition instead.")
+        if class_labels is None and self.label_embedder is not None:
+            raise ValueError(f"This model was built with num_classes={self.label_embedder.num_classes} and needs "
+                             f"class_labels; pass them (the null class {self.label_embedder.null_class} for "
+                             "the unconditional branch).")
+        if self.pooled_proj is not None and (condition is None or condition.pooled is None):
+            raise ValueError(f"This model was built with cond_pooled_dim={self.pooled_proj.in_features} and needs "
+                             "condition.pooled (the text encoder's pooled embedding, or the null condition's).")
+
     def extra_input_channels(self, site: Site) -> int:
         return sum(m.extra_input_channels(site) for m in self.methods.values())
 
+    def zeroed_gates(self) -> set[str]:
+        """Names of the gate sites some method starts at zero (see ``ConditioningMethod.zeroed_gates``)."""
+        return {site.name for m in self.methods.values() for site in m.zeroed_gates()}
+
     def forward(self, t_emb: torch.Tensor, condition: Condition | None = None,
                 class_labels: torch.Tensor | None = None) -> SiteState:
+        self.check_inputs(condition, class_labels)
         pooled = None
-        if condition is not None and condition.pooled is not None and self.pooled_proj is not None:
+        if self.pooled_proj is not None:
             pooled = self.pooled_proj(condition.pooled.to(self.pooled_proj.weight.dtype))
-        if class_labels is not None:
-            if self.label_embedder is None:
-                raise ValueError("class_labels were passed to a model built without num_classes; "
-                                 "rebuild it with num_classes set or pass a text condition instead.")
+        if self.label_embedder is not None:
             labels = self.label_embedder(class_labels)
             pooled = labels if pooled is None else pooled + labels
         signals = Signals(
