@@ -10,6 +10,7 @@ gate for attention then for the MLP, then the final layer's shift, scale: the pa
 from __future__ import annotations
 
 import argparse
+import logging
 import math
 import os
 import pickle
@@ -27,6 +28,7 @@ from film_diffusion.errors import UserError
 from film_diffusion.layers import sincos_pos_embed_2d
 
 StateDict = dict[str, torch.Tensor]
+logger = logging.getLogger(__name__)
 
 PAPER_NUM_HEADS = {384: 6, 768: 12, 1024: 16, 1152: 16}
 """Heads of the DiT paper's S, B, L, XL models by hidden size: a state dict does not record them."""
@@ -38,14 +40,20 @@ DIFFUSERS_SETTINGS = {"activation_fn": "gelu-approximate", "norm_elementwise_aff
 
 
 def load_facebookresearch_dit(path_or_state_dict: str | os.PathLike | Mapping[str, torch.Tensor],
-                              num_heads: int | None = None) -> DiT:
+                              num_heads: int | None = None, num_classes: int | None = None) -> DiT:
     """A facebookresearch/DiT checkpoint as our class-conditional adaLN-Zero DiT, in float32 and eval mode.
 
     Takes a state dict or a ``.pt`` / ``.safetensors`` file: a released model (``DiT-XL-2-256.pt``) or a
     training checkpoint, whose EMA weights are used as the paper samples with them. The size is read from
     the tensors; ``num_heads`` is not in them and defaults to the paper's head count for the hidden size.
+    ``num_classes`` defaults to a training checkpoint's ``args.num_classes``; without either, the label
+    table's last row is taken as the null class (the paper trains with class dropout, which adds it), with
+    a warning unless the table is the released models' 1000 classes plus null. A table with no null row
+    keeps every class and gains a zero null row, with a warning that guidance then has no trained null.
     """
     raw = _read(path_or_state_dict) if isinstance(path_or_state_dict, (str, os.PathLike)) else path_or_state_dict
+    if num_classes is None and isinstance(raw, Mapping):
+        num_classes = getattr(raw.get("args"), "num_classes", None)
     state = _unwrap(raw)
     if "x_embedder.proj.weight" not in state:
         diffusers_like = any(k.startswith("transformer_blocks.") for k in state)
@@ -58,7 +66,8 @@ def load_facebookresearch_dit(path_or_state_dict: str | os.PathLike | Mapping[st
             raise UserError(f"The checkpoint's hidden size {hidden} is not one of the DiT paper's sizes, so its "
                             "head count is unknown; pass num_heads=... to load_facebookresearch_dit.")
         num_heads = PAPER_NUM_HEADS[hidden]
-    return _dit_from_paper_layout(dict(state), num_heads, timestep_freq_shift=0.0, source="facebookresearch/DiT")
+    return _dit_from_paper_layout(dict(state), num_heads, num_classes, timestep_freq_shift=0.0,
+                                  source="facebookresearch/DiT")
 
 
 def load_diffusers_dit(model_or_path: DiTTransformer2DModel | str | os.PathLike) -> DiT:
@@ -115,7 +124,32 @@ def load_diffusers_dit(model_or_path: DiTTransformer2DModel | str | os.PathLike)
     if sd:
         raise UserError(f"The diffusers DiT has weights film_diffusion's DiT has no place for ({', '.join(sd)}); "
                         "convert one built with the DiT paper's settings.")
-    return _dit_from_paper_layout(state, cfg.num_attention_heads, timestep_freq_shift=1.0, source="diffusers")
+    return _dit_from_paper_layout(state, cfg.num_attention_heads, cfg.num_embeds_ada_norm, timestep_freq_shift=1.0,
+                                  source="diffusers")
+
+
+RELEASED_TABLE_ROWS = 1001
+"""The released DiT models' label table: ImageNet's 1000 classes and the null class."""
+
+
+def _label_table_with_null_row(table: torch.Tensor, num_classes: int | None, source: str) -> torch.Tensor:
+    """The label table with the null class as its last row, as our ``LabelEmbedder`` has it."""
+    rows = table.shape[0]
+    if num_classes is None:
+        if rows != RELEASED_TABLE_ROWS:
+            logger.warning("The %s checkpoint does not say how many classes it has; taking the last of its %d "
+                           "label rows as the null class (models trained with class dropout have one). Pass "
+                           "num_classes=%d if it has no null row.", source, rows, rows)
+        return table
+    if rows == num_classes + 1:
+        return table
+    if rows == num_classes:
+        logger.warning("The %s checkpoint's %d classes have no null-class row (it was trained without class "
+                       "dropout): every class is kept and a zero null row is added, so classifier-free guidance "
+                       "has no trained null class.", source, num_classes)
+        return torch.cat([table, table.new_zeros(1, table.shape[1])])
+    raise UserError(f"The {source} checkpoint's label table has {rows} rows, which fits neither {num_classes} "
+                    f"classes nor {num_classes} plus a null class; pass the num_classes it was trained with.")
 
 
 def _read(path: str | os.PathLike) -> Any:
@@ -149,7 +183,8 @@ def _take(state: StateDict, key: str, source: str) -> torch.Tensor:
     return state.pop(key)
 
 
-def _dit_from_paper_layout(state: StateDict, num_heads: int, timestep_freq_shift: float, source: str) -> DiT:
+def _dit_from_paper_layout(state: StateDict, num_heads: int, num_classes: int | None, timestep_freq_shift: float,
+                           source: str) -> DiT:
     """Our DiT from a state dict in facebookresearch/DiT's layout (consumed); sizes come from the tensors."""
     depth = sum(1 for k in state if k.startswith("blocks.") and k.endswith(".attn.qkv.weight"))
     if depth == 0:
@@ -157,7 +192,7 @@ def _dit_from_paper_layout(state: StateDict, num_heads: int, timestep_freq_shift
                         "complete DiT checkpoint.")
     pos_embed = _take(state, "pos_embed", source)
     ours = {"conditioner.label_embedder.embedding_table.weight":
-            _take(state, "y_embedder.embedding_table.weight", source)}
+            _label_table_with_null_row(_take(state, "y_embedder.embedding_table.weight", source), num_classes, source)}
     linears = ["x_embedder.proj", "t_embedder.mlp.0", "t_embedder.mlp.2", "final_layer.linear"]
     linears += [f"blocks.{i}.{name}" for i in range(depth) for name in LINEARS]
     modulations = [f"blocks.{i}.adaLN_modulation.1" for i in range(depth)] + ["final_layer.adaLN_modulation.1"]

@@ -1,6 +1,7 @@
 """Pretrained DiT weights: converted models reproduce facebookresearch/DiT's and diffusers' outputs."""
 
 import argparse
+import logging
 import math
 
 import numpy as np
@@ -213,6 +214,29 @@ def test_facebookresearch_training_checkpoint_and_safetensors(tmp_path):
     for path in (tmp_path / "0100000.pt", tmp_path / "ema.safetensors"):
         table = load_facebookresearch_dit(path, num_heads=4).conditioner.label_embedder.embedding_table.weight
         assert torch.equal(table, ema["y_embedder.embedding_table.weight"])
+
+
+def test_facebookresearch_label_table_without_a_null_row_keeps_every_class(tmp_path, caplog):
+    state = tiny_reference().state_dict()  # 10 classes and the null row
+    table = state["y_embedder.embedding_table.weight"]
+    no_null = {**state, "y_embedder.embedding_table.weight": table[:10]}  # trained without class dropout
+    torch.save({"ema": no_null, "args": argparse.Namespace(num_classes=10)}, tmp_path / "0001000.pt")
+    with caplog.at_level(logging.WARNING, logger="film_diffusion.convert"):
+        model = load_facebookresearch_dit(tmp_path / "0001000.pt", num_heads=4)
+    assert "10 classes have no null-class row" in caplog.text
+    assert model.config.num_classes == 10  # the last class is not taken for a null class
+    ours = model.conditioner.label_embedder.embedding_table.weight
+    assert torch.equal(ours[:10], table[:10]) and torch.equal(ours[10], torch.zeros(64))
+
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="film_diffusion.convert"):
+        with_null = load_facebookresearch_dit(state, num_heads=4, num_classes=10)  # null row present: silent
+        assert with_null.config.num_classes == 10 and not caplog.text
+        guessed = load_facebookresearch_dit(state, num_heads=4)  # nothing says how many classes: say so
+    assert guessed.config.num_classes == 10
+    assert "taking the last of its 11 label rows as the null class" in caplog.text and "num_classes=11" in caplog.text
+    with pytest.raises(UserError, match=r"label table has 11 rows, which fits neither 7 classes nor 7 plus a null"):
+        load_facebookresearch_dit(state, num_heads=4, num_classes=7)
 
 
 def test_facebookresearch_bad_inputs_name_the_fix(tmp_path):
