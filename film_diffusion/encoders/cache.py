@@ -8,6 +8,7 @@ encoder's identity, so a file built by one encoder is refused by any other.
 from __future__ import annotations
 
 import json
+import warnings
 from collections import OrderedDict
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -31,15 +32,18 @@ class EmbeddingCache:
     """Stands in for a frozen encoder: same ``encode``, ``token_dim`` and ``pooled_dim``.
 
     Captions found in ``file`` (from :func:`save_embeddings`) or seen earlier in the run are served
-    from memory; the rest are encoded together, ``batch_size`` at a time, and remembered. The memo
-    keeps the ``capacity`` most recently used captions; the file's captions are always kept.
+    from memory; the rest are encoded together, ``batch_size`` at a time, and remembered, so each
+    distinct caption is encoded once per run. ``capacity`` bounds the memo for datasets too large to
+    hold (it then keeps the most recently used captions and warns at the first one it drops, since a
+    shuffled loader will encode that caption again); pre-encode those with :func:`save_embeddings`.
+    The file's captions are always kept.
     """
 
     def __init__(
         self,
         encoder: TextEncoder,
         file: str | Path | None = None,
-        capacity: int = 10_000,
+        capacity: int | None = None,
         batch_size: int = 256,
     ) -> None:
         _require_frozen(encoder)
@@ -50,6 +54,7 @@ class EmbeddingCache:
         self.pooled_dim = encoder.pooled_dim
         self._stored: dict[str, Row] = {} if file is None else _load_embeddings(Path(file), encoder)
         self._memo: OrderedDict[str, Row] = OrderedDict()
+        self._warned_full = False
 
     def encode(self, captions: Sequence[str]) -> Condition:
         if isinstance(captions, str):
@@ -66,8 +71,15 @@ class EmbeddingCache:
             chunk = missing[start : start + self.batch_size]
             for caption, row in zip(chunk, _rows(self.encoder.encode(chunk)), strict=True):
                 found[caption] = self._memo[caption] = row
-        while len(self._memo) > self.capacity:
-            self._memo.popitem(last=False)
+        if self.capacity is not None and len(self._memo) > self.capacity:
+            if not self._warned_full:
+                warnings.warn(f"EmbeddingCache(capacity={self.capacity}) is full, so captions it drops will be "
+                              "encoded again when they come back; raise capacity above the number of distinct "
+                              "captions, pass capacity=None, or pre-encode them with save_embeddings().",
+                              stacklevel=2)
+                self._warned_full = True
+            while len(self._memo) > self.capacity:
+                self._memo.popitem(last=False)
         device = self.encoder.device
         tokens, mask, pooled = (
             torch.stack([t.to(device) for t in parts]) for parts in zip(*map(found.get, captions), strict=True)

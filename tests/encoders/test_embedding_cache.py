@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from film_diffusion.data.shapes import ShapesDataset
 from film_diffusion.encoders import EmbeddingCache, OpenCLIP, TransformersCLIP, save_embeddings
 from film_diffusion.errors import UserError
 
@@ -49,14 +50,31 @@ def test_only_new_captions_are_encoded_and_duplicates_once(tiny_open_clip, monke
     torch.testing.assert_close(condition.tokens[1], condition.tokens[3], rtol=0, atol=0)
 
 
-def test_memo_keeps_the_most_recently_used_captions(tiny_open_clip, monkeypatch):
+def test_a_bounded_memo_keeps_the_most_recently_used_captions_and_says_it_is_full(tiny_open_clip, monkeypatch):
     encoder = OpenCLIP(*tiny_open_clip)
     calls = count_encoder_calls(encoder, monkeypatch)
     cache = EmbeddingCache(encoder, capacity=2)
-    cache.encode(["a", "b", "c"])  # more than the capacity in one batch still works
+    with pytest.warns(UserWarning, match=r"capacity=2\) is full, so captions it drops will be encoded again"):
+        cache.encode(["a", "b", "c"])  # more than the capacity in one batch still works
     cache.encode(["c"])
     cache.encode(["a"])
     assert calls == [3, 1]
+
+
+def test_two_shuffled_epochs_of_the_builtin_scenes_encode_each_distinct_caption_once(tiny_open_clip, monkeypatch):
+    """15,000 built-in scenes hold 11,033 distinct captions: more than a 10,000-caption memo would keep."""
+    captions = [ShapesDataset(length=15_000).scene(i)[1] for i in range(15_000)]
+    distinct = len(set(captions))
+    assert distinct > 10_000
+    encoder = OpenCLIP(*tiny_open_clip)
+    calls = count_encoder_calls(encoder, monkeypatch)
+    cache = EmbeddingCache(encoder, batch_size=4096)
+    g = torch.Generator().manual_seed(0)
+    for _ in range(2):
+        order = torch.randperm(len(captions), generator=g).tolist()
+        for start in range(0, len(order), 1024):
+            cache.encode([captions[i] for i in order[start : start + 1024]])
+    assert sum(calls) == distinct
 
 
 def test_precomputed_file_serves_captions_without_the_model(tiny_open_clip, monkeypatch, tmp_path):
