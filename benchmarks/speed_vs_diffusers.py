@@ -210,8 +210,9 @@ def main() -> None:
     batch_size = args.batch or (4 if device.type == "cpu" else 32)
     dtypes = {"fp32": None, "bf16": torch.bfloat16}
     peak_n = 2048 if device.type == "cpu" else 8192
-    peaks = {name: matmul_peak_flops(device, torch.float32 if d is None else d, peak_n)
-             for name, d in dtypes.items()}
+    precisions = args.precisions.split(",")
+    peaks = {name: matmul_peak_flops(device, torch.float32 if dtypes[name] is None else dtypes[name], peak_n)
+             for name in precisions}
     print(f"device: {device} ({torch.cuda.get_device_name() if device.type == 'cuda' else 'CPU'}), "
           f"threads {torch.get_num_threads()}, batch {batch_size}, torch {torch.__version__}"
           + (", freed memory kept" if kept else ""))
@@ -224,7 +225,7 @@ def main() -> None:
         n_ours, n_theirs = (sum(p.numel() for p in m.parameters()) for m in (ours, theirs))
         print(f"\n{pair.name}: params ours {n_ours / 1e6:.2f}M, diffusers {n_theirs / 1e6:.2f}M")
         batch = pair.make_batch(batch_size, device)
-        for precision in args.precisions.split(","):
+        for precision in precisions:
             dtype = dtypes[precision]
             for mode in args.modes.split(","):
                 make = {"train": make_train_step, "sample": make_sample_step}[mode]
