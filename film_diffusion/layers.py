@@ -118,7 +118,8 @@ def attend_heads(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
         return _attend(q, k, v, None)
     has_keys = key_mask.any(dim=-1)  # (B,)
     mask = (key_mask | ~has_keys[:, None])[:, None, None, :]  # (B, 1, 1, M); keyless samples attend anywhere...
-    return _attend(q, k, v, mask) * has_keys[:, None, None, None].to(q.dtype)  # ...and are then zeroed
+    v = v * has_keys[:, None, None, None].to(v.dtype)  # ...to zero values (fewer than the outputs): exactly 0
+    return _attend(q, k, v, mask)
 
 
 def _attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:

@@ -96,4 +96,5 @@ def test_a_sample_with_every_key_masked_gets_a_zero_output_on_every_route(route,
     out = layers.attention(q, k, v, 4, mask)
     assert torch.isfinite(out).all()
     assert torch.equal(out[1], torch.zeros_like(out[1]))
-    assert torch.equal(out[0], layers.attention(q[:1], k[:1], v[:1], 4, mask[:1])[0])  # the others are unchanged
+    alone = layers.attention(q[:1], k[:1], v[:1], 4, mask[:1])[0]
+    torch.testing.assert_close(out[0], alone, rtol=0, atol=1e-6 if dtype == torch.float32 else 1e-2)  # others unchanged

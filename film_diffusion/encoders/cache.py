@@ -36,6 +36,7 @@ class EmbeddingCache:
     distinct caption is encoded once per run. ``capacity`` bounds the memo for datasets too large to
     hold (it then keeps the most recently used captions and warns at the first one it drops, since a
     shuffled loader will encode that caption again); pre-encode those with :func:`save_embeddings`.
+    A caption costs ``max_length x token_dim`` floats (10 KB for the built-in CLIP, 240 KB for CLIP-L).
     The file's captions are always kept.
     """
 

@@ -13,8 +13,8 @@ from factories import noisy_batch, text_condition, tiny_model
 
 def test_two_process_ddp_steps_reach_every_parameter_for_every_method():
     worker = Path(__file__).with_name("ddp_steps.py")
-    run = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-                          "--master_port", "29517", str(worker)], capture_output=True, text=True, timeout=600)
+    run = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                          str(worker)], capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stderr[-3000:]
     done = [line.split()[1] for line in run.stdout.splitlines() if line.startswith("ok ")]
     assert done == [name for name, *_ in cases()]

@@ -1,5 +1,8 @@
 """The site-parameter generator's gradients are plain autograd's in every way a training loop uses a
-layer: two passes in one loss, ``torch.autograd.grad`` twice, activation recomputation, accumulation."""
+layer: two passes in one loss, ``torch.autograd.grad`` twice, activation recomputation, accumulation.
+
+A regression guard: these failed on a custom-backward head (PersistentGradLinear, removed) that reused
+one gradient buffer; any faster head must pass them too."""
 
 from __future__ import annotations
 

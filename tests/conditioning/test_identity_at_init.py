@@ -60,6 +60,13 @@ def test_every_unet_block_is_the_identity_at_init_under_the_native_route(methods
     assert all(torch.equal(i, o) for _, i, o in attn)
 
 
+def test_unet_keeps_the_conv_of_a_branch_that_adaln_zero_gates_with_a_zero_gate():
+    def zeroed_convs(model):
+        return [m.conv2.weight.abs().sum() == 0 for m in model.modules() if isinstance(m, ResBlock)]
+    assert not any(zeroed_convs(tiny_model("unet", ["adaln_zero"])))
+    assert all(zeroed_convs(tiny_model("unet", [{"name": "adaln_zero", "zero_init": False}])))
+
+
 def test_unet_zero_init_can_opt_out():
     model = tiny_model("unet", ["film"], zero_init=False)
     assert all(m.conv2.weight.abs().sum() > 0 for m in model.modules() if isinstance(m, ResBlock))
@@ -76,7 +83,7 @@ def test_every_parameter_learns_from_the_default_init(case):
     for _ in range(6):  # zero-initialised layers wake in turn, from the output backwards
         optimizer.zero_grad()
         model(sample, t, condition=text_condition()).sample.sub(sample).square().mean().backward()
-        reached |= {name for name, p in model.named_parameters() if p.grad.abs().sum() > 0}
+        reached |= {name for name, p in model.named_parameters() if p.grad is not None and p.grad.abs().sum() > 0}
         optimizer.step()
     assert {name for name, _ in model.named_parameters()} - reached == set()
 

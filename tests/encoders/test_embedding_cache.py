@@ -64,7 +64,8 @@ def test_a_bounded_memo_keeps_the_most_recently_used_captions_and_says_it_is_ful
 @pytest.mark.filterwarnings("ignore:.*were truncated")  # the tiny test CLIP's context is 16 tokens
 def test_two_shuffled_epochs_of_the_builtin_scenes_encode_each_distinct_caption_once(tiny_open_clip, monkeypatch):
     """15,000 built-in scenes hold 11,033 distinct captions: more than a 10,000-caption memo would keep."""
-    captions = [ShapesDataset(length=15_000).scene(i)[1] for i in range(15_000)]
+    scenes = ShapesDataset(length=15_000)
+    captions = [scenes.scene(i)[1] for i in range(15_000)]
     distinct = len(set(captions))
     assert distinct > 10_000
     encoder = OpenCLIP(*tiny_open_clip)
