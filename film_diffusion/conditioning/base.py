@@ -83,11 +83,11 @@ class ConditioningMethod(nn.Module, ABC):
                             "(the text encoder's token_dim).")
 
     def drive_vector(self, signals: Signals) -> torch.Tensor:
-        """The vector this method is driven by: embedded pooled condition and/or timestep, summed."""
+        """The vector this method is driven by: embedded pooled condition and/or timestep, summed.
+
+        ``signals.pooled`` is set whenever a method reads it: ``require_pooled`` refuses a model with no
+        pooled source, and ``ConditioningStack.check_inputs`` a call that leaves one unfed."""
         v = signals.t_emb if self.use_timestep else None
         if self.use_condition:
-            if signals.pooled is None:
-                raise ValueError(f"Conditioning method '{self.name}' needs a pooled condition, but the call gave "
-                                 "none: pass condition.pooled or class_labels.")
             v = signals.pooled if v is None else v + signals.pooled
         return v

@@ -55,10 +55,7 @@ class Concat(ConditioningMethod):
 
     def register(self, signals: Signals, state: SiteState) -> None:
         vectors = []
-        if self.pooled_proj is not None:
-            if signals.pooled is None:
-                raise ValueError("Conditioning method 'concat' needs a pooled condition, but the call gave none: "
-                                 "pass condition.pooled or class_labels.")
+        if self.pooled_proj is not None:  # signals.pooled is set: see ConditioningMethod.drive_vector
             vectors.append(self.pooled_proj(signals.pooled))
         if self.time_proj is not None:
             vectors.append(self.time_proj(signals.t_emb))
