@@ -7,27 +7,33 @@ truncation warning, and the identity string that keys embedding caches.
 from __future__ import annotations
 
 import hashlib
+import json
 import warnings
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
-from typing import Literal
+from pathlib import Path
+from typing import Any, Literal
 
 import torch
-from torch import nn
+from diffusers.models.modeling_utils import ModelMixin
 
 from film_diffusion.conditioning.condition import Condition
 from film_diffusion.errors import UserError
 
 Layer = Literal["last", "penultimate"]
 LAYERS: tuple[str, ...] = ("last", "penultimate")
+SAVED_OPTIONS_FILE = "text_encoder.json"
+"""What a saved encoder folder records beside the weights: the class and the options that change its output."""
 
 
-class TextEncoder(nn.Module, ABC):
+class TextEncoder(ModelMixin, ABC):
     """A text encoder that is frozen (no gradients, eval mode) unless built with ``trainable=True``.
 
     Subclasses set ``token_dim``, ``pooled_dim`` and ``max_length`` (the context, special tokens
-    included), implement :meth:`_encode` and :meth:`_token_counts`, and call
-    :meth:`_freeze_unless_trainable` once their modules exist.
+    included), implement :meth:`_encode`, :meth:`_token_counts`, :meth:`_options` and the folder
+    methods :meth:`_save_model` / :meth:`_load_saved`, and call :meth:`_freeze_unless_trainable`
+    once their modules exist. It is a diffusers ``ModelMixin`` only so that a pipeline saves and
+    loads it as a component; its folder format is its own (see :meth:`save_pretrained`).
     """
 
     token_dim: int
@@ -50,6 +56,49 @@ class TextEncoder(nn.Module, ABC):
     @abstractmethod
     def _options(self) -> str:
         """The options that change the output for the same weights (layer, projection, ...)."""
+
+    @abstractmethod
+    def _saved_options(self) -> dict[str, Any]:
+        """Constructor options that :meth:`_load_saved` needs besides the folder (JSON values)."""
+
+    @abstractmethod
+    def _save_model(self, folder: Path) -> None:
+        """Write the weights (safetensors), the architecture and the tokenizer into ``folder``."""
+
+    @classmethod
+    @abstractmethod
+    def _load_saved(cls, folder: Path, **options: Any) -> TextEncoder:
+        """Rebuild the encoder that :meth:`_save_model` wrote, from ``folder`` alone."""
+
+    def save_pretrained(self, save_directory: str | Path, **_unused: Any) -> None:
+        """Write the whole encoder into ``save_directory``: weights, architecture, tokenizer and options,
+        so that the folder (a pipeline's ``text_encoder/``) needs no path or hub outside it to load."""
+        folder = Path(save_directory)
+        folder.mkdir(parents=True, exist_ok=True)
+        self._save_model(folder)
+        saved = {"class": type(self).__name__, **self._saved_options()}
+        (folder / SAVED_OPTIONS_FILE).write_text(json.dumps(saved, indent=2) + "\n")
+
+    @classmethod
+    def from_pretrained(cls, folder: str | Path, torch_dtype: torch.dtype | None = None,
+                        **_loading_kwargs: Any) -> TextEncoder:
+        """Load a folder written by :meth:`save_pretrained` (frozen). diffusers' pipeline loading passes
+        its model-loading options too; only ``torch_dtype`` applies to an encoder."""
+        folder = Path(folder)
+        options_file = folder / SAVED_OPTIONS_FILE
+        if not options_file.is_file():
+            raise UserError(f"'{folder}' holds no saved text encoder ({SAVED_OPTIONS_FILE} is missing); pass a "
+                            "folder written by TextEncoder.save_pretrained, such as a pipeline's text_encoder/.")
+        try:
+            options = json.loads(options_file.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as err:
+            raise UserError(f"'{options_file}' is not valid JSON ({err}); save the encoder again.") from None
+        saved_class = options.pop("class", None)
+        if saved_class != cls.__name__:
+            raise UserError(f"'{folder}' holds a {saved_class} text encoder, not a {cls.__name__}; load it with "
+                            f"{saved_class}.from_pretrained.")
+        encoder = cls._load_saved(folder, **options)
+        return encoder if torch_dtype is None else encoder.to(torch_dtype)
 
     def encode(self, captions: Sequence[str]) -> Condition:
         """Encode a batch of captions; ``""`` is the unconditional prompt and works like any other."""

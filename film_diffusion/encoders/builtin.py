@@ -6,8 +6,8 @@ from pathlib import Path
 
 from film_diffusion.cache import cache_dir
 from film_diffusion.encoders.base import Layer
-from film_diffusion.encoders.clip_openclip import OpenCLIP
-from film_diffusion.encoders.pretrain_clip import WEIGHTS_FILE, PretrainClipConfig, pretrain_clip
+from film_diffusion.encoders.clip_openclip import WEIGHTS_FILE, OpenCLIP
+from film_diffusion.encoders.pretrain_clip import PretrainClipConfig, pretrain_clip
 
 SHIPPED = Path(__file__).resolve().parents[1] / "assets" / "clip_builtin"
 

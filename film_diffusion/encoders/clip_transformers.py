@@ -4,12 +4,17 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
+from diffusers.models.modeling_utils import ModelMixin  # noqa: F401  (see the note below the imports)
 from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
 from film_diffusion.conditioning.condition import Condition
 from film_diffusion.encoders.base import Layer, TextEncoder, check_layer
 from film_diffusion.errors import UserError
+
+# diffusers' pipeline loader finds a component's load method by looking its base class (ModelMixin) up by
+# name in the module that defines the component, so this module must name it.
 
 
 class TransformersCLIP(TextEncoder):
@@ -56,6 +61,17 @@ class TransformersCLIP(TextEncoder):
 
     def _options(self) -> str:
         return f"layer={self.layer}, use_projection={self.use_projection}, max_length={self.max_length}"
+
+    def _saved_options(self) -> dict[str, Any]:
+        return {"layer": self.layer, "use_projection": self.use_projection, "max_length": self.max_length}
+
+    def _save_model(self, folder: Path) -> None:
+        self.model.save_pretrained(folder)  # config.json + model.safetensors
+        self.tokenizer.save_pretrained(folder)
+
+    @classmethod
+    def _load_saved(cls, folder: Path, **options: Any) -> TransformersCLIP:
+        return cls(folder, **options)
 
     def _token_counts(self, captions: list[str]) -> list[int]:
         return [len(ids) for ids in self.tokenizer(captions, verbose=False)["input_ids"]]

@@ -29,13 +29,11 @@ from film_diffusion.config import config_to_dict, load_config
 from film_diffusion.data.captions import TEMPLATES, caption
 from film_diffusion.data.render import render
 from film_diffusion.data.shapes import ShapesDataset, to_tensor
-from film_diffusion.encoders.clip_openclip import OpenCLIP
+from film_diffusion.encoders.clip_openclip import CONFIG_FILE, WEIGHTS_FILE, OpenCLIP
 from film_diffusion.encoders.clip_retrieval import evaluate_clip
 from film_diffusion.encoders.counterfactuals import ATTRIBUTES, variants
 from film_diffusion.errors import UserError
 
-CONFIG_FILE = "open_clip_config.json"
-WEIGHTS_FILE = "open_clip_model.safetensors"
 MAX_VARIANT_DRAWS = 50  # draws per wanted variant before a scene is declared short of variants
 
 

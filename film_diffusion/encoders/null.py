@@ -1,0 +1,32 @@
+"""The null condition: what a text-conditioned model sees when it is told nothing.
+
+Classifier-free guidance needs the same null in training (caption dropout) and in sampling (the
+unconditional half of the batch), so both read it here, by the name a pipeline folder records.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from film_diffusion.conditioning.condition import Condition
+from film_diffusion.encoders.base import TextEncoder
+from film_diffusion.errors import UserError
+
+NULL_CONDITIONS: tuple[str, ...] = ("empty_caption", "zeros")
+"""``empty_caption``: the encoded caption ``""`` (Stable Diffusion's choice); ``zeros``: zero tokens, all
+masked (a cross-attention site then adds nothing), and a zero pooled vector."""
+
+
+def check_null_condition(kind: str) -> None:
+    if kind not in NULL_CONDITIONS:
+        raise UserError(f"Unknown null condition {kind!r}; choose one of {', '.join(map(repr, NULL_CONDITIONS))}.")
+
+
+def null_condition(encoder: TextEncoder, kind: str, batch_size: int) -> Condition:
+    """``batch_size`` copies of the null condition of ``kind``, on the encoder's device and dtype."""
+    check_null_condition(kind)
+    one = encoder.encode([""])
+    if kind == "zeros":
+        one = Condition(tokens=torch.zeros_like(one.tokens), mask=torch.zeros_like(one.mask),
+                        pooled=torch.zeros_like(one.pooled))
+    return one[[0] * batch_size]

@@ -1,0 +1,257 @@
+"""FilmDiffusionPipeline: sample from a film-diffusion DiT or U-Net with any diffusers scheduler.
+
+One ``__call__``, as in diffusers: encode the condition, start from noise, and at each step run the
+model once on the conditional and unconditional halves together, guide every predicted channel, and
+let the scheduler step. The unconditional half is the model's own null: the null class of a
+class-label model, or the null condition the folder records for a text model (the one training
+used for caption dropout).
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from diffusers import AutoencoderKL, DiffusionPipeline, ImagePipelineOutput
+from diffusers.image_processor import VaeImageProcessor
+from diffusers.schedulers.scheduling_utils import SchedulerMixin
+from diffusers.utils.torch_utils import randn_tensor
+from film_diffusion.pipelines.schedulers import is_flow_scheduler, scheduler_from_name, takes_learned_variance
+
+from film_diffusion.conditioning import Condition
+from film_diffusion.encoders.base import TextEncoder
+from film_diffusion.encoders.null import check_null_condition, null_condition
+from film_diffusion.errors import UserError
+
+OUTPUT_TYPES = ("pil", "np", "pt", "latent")
+
+NATIVE_LOADER_FILE = "pipeline.py"
+NATIVE_LOADER_SOURCE = '''"""Lets diffusers' own loader open this folder (film-diffusion must be installed):
+
+    DiffusionPipeline.from_pretrained(FOLDER, custom_pipeline=FOLDER, trust_remote_code=True)
+"""
+from film_diffusion.pipelines import FilmDiffusionPipeline
+
+__all__ = ["FilmDiffusionPipeline"]
+'''
+
+ModelInputs = dict[str, Any]
+"""The denoiser's condition keywords: ``condition`` (a :class:`Condition`) and/or ``class_labels``."""
+
+
+class FilmDiffusionPipeline(DiffusionPipeline):
+    """Text- or class-conditioned sampling from a film-diffusion model, in pixel or latent space.
+
+    Args:
+        denoiser: a film-diffusion ``DiT`` or ``UNet``.
+        scheduler: any diffusers scheduler; its saved config carries the prediction type (epsilon, v
+            or flow velocity) and the noise schedule the model was trained with.
+        text_encoder: the model's text encoder (``OpenCLIP`` / ``TransformersCLIP``), or None for a
+            class-label model. It is saved inside the folder, weights and tokenizer included.
+        vae: an ``AutoencoderKL`` for a latent model, or None in pixel space.
+        null_condition: the text model's unconditional input, as in training (``empty_caption`` or
+            ``zeros``; see ``film_diffusion.encoders.null``). A class-label model uses its null class.
+    """
+
+    model_cpu_offload_seq = "text_encoder->denoiser->vae"
+    _optional_components = ["text_encoder", "vae"]
+
+    def __init__(self, denoiser: torch.nn.Module, scheduler: SchedulerMixin, text_encoder: TextEncoder | None = None,
+                 vae: AutoencoderKL | None = None, null_condition: str = "empty_caption"):
+        super().__init__()
+        check_null_condition(null_condition)
+        _check_components(denoiser, text_encoder)
+        self.register_modules(denoiser=denoiser, scheduler=scheduler, text_encoder=text_encoder, vae=vae)
+        self.register_to_config(null_condition=null_condition)
+        scale = 2 ** (len(vae.config.block_out_channels) - 1) if vae is not None else 1
+        self.image_processor = VaeImageProcessor(vae_scale_factor=scale, do_normalize=True)
+
+    def save_pretrained(self, save_directory: str | Path, **kwargs: Any) -> None:
+        """diffusers' folder (``model_index.json``, a sub-folder per component, safetensors weights) plus a
+        one-line ``pipeline.py`` through which ``DiffusionPipeline.from_pretrained`` finds this class."""
+        super().save_pretrained(save_directory, **kwargs)
+        (Path(save_directory) / NATIVE_LOADER_FILE).write_text(NATIVE_LOADER_SOURCE)
+
+    def set_scheduler(self, scheduler: str | SchedulerMixin) -> None:
+        """Sample with another scheduler: a short name (``"ddim"``, ``"dpm++"``, see ``SCHEDULERS``) or a
+        diffusers class name, built from the saved scheduler's config so the prediction type and noise
+        schedule carry over, or a scheduler object, used as it is."""
+        if isinstance(scheduler, str):
+            scheduler = scheduler_from_name(scheduler, self.scheduler)
+        elif is_flow_scheduler(scheduler) != is_flow_scheduler(self.scheduler):
+            raise UserError(f"A {type(scheduler).__name__} does not fit a model saved with "
+                            f"{type(self.scheduler).__name__}: flow-matching and diffusion schedulers read the "
+                            "model's prediction differently.")
+        self.scheduler = scheduler
+
+    @torch.no_grad()
+    def __call__(
+        self,
+        prompt: str | Sequence[str] | None = None,
+        class_labels: int | Sequence[int] | torch.Tensor | None = None,
+        negative_prompt: str | Sequence[str] | None = None,
+        num_inference_steps: int = 50,
+        guidance_scale: float = 4.0,
+        num_images_per_prompt: int = 1,
+        generator: torch.Generator | list[torch.Generator] | None = None,
+        latents: torch.Tensor | None = None,
+        output_type: str = "pil",
+        return_dict: bool = True,
+    ) -> ImagePipelineOutput | tuple:
+        """Generate ``num_images_per_prompt`` images for each prompt (or class label).
+
+        Guidance runs when ``guidance_scale > 1``: ``uncond + scale * (cond - uncond)`` on every predicted
+        channel; a learned-sigma model's variance comes from the conditional half and goes to schedulers
+        that read it. ``latents`` is the initial noise ``[B, C, h, w]``; it is scaled by the scheduler's
+        ``init_noise_sigma``. ``output_type="pt"`` gives ``[B, 3, H, W]`` in [0, 1].
+        """
+        if output_type not in OUTPUT_TYPES:
+            raise UserError(f"output_type={output_type!r} is not supported; choose one of {', '.join(OUTPUT_TYPES)}.")
+        if num_inference_steps < 1 or num_images_per_prompt < 1:
+            raise UserError("num_inference_steps and num_images_per_prompt must be at least 1.")
+        device = self._execution_device
+        cond, uncond = self._model_inputs(prompt, class_labels, negative_prompt, num_images_per_prompt, device)
+        batch = _batch_size(cond)
+        guided = guidance_scale > 1
+        inputs = _concat_inputs(uncond, cond) if guided else cond
+
+        latents = self._initial_latents(batch, latents, generator, device)
+        channels = latents.shape[1]
+        self.scheduler.set_timesteps(num_inference_steps, device=device)
+        step_kwargs = self._step_kwargs(generator)
+        for t in self.progress_bar(self.scheduler.timesteps):
+            x = torch.cat([latents, latents]) if guided else latents
+            x = self.scheduler.scale_model_input(x, t)
+            out = self.denoiser(x, t, **inputs).sample.float()  # (B or 2B, C or 2C, h, w)
+            if guided:
+                out_uncond, out_cond = out.chunk(2)
+                eps = out_uncond[:, :channels] + guidance_scale * (out_cond[:, :channels] - out_uncond[:, :channels])
+                out = torch.cat([eps, out_cond[:, channels:]], dim=1)
+            if not takes_learned_variance(self.scheduler):
+                out = out[:, :channels]  # a learned variance the scheduler does not read is dropped
+            latents = self.scheduler.step(out, t, latents, **step_kwargs).prev_sample
+
+        images = latents if output_type == "latent" else self.image_processor.postprocess(
+            self._decode(latents), output_type=output_type)
+        self.maybe_free_model_hooks()
+        return ImagePipelineOutput(images=images) if return_dict else (images,)
+
+    def _model_inputs(self, prompt: str | Sequence[str] | None, class_labels: Any,
+                      negative_prompt: str | Sequence[str] | None, per_prompt: int,
+                      device: torch.device) -> tuple[ModelInputs, ModelInputs]:
+        """The conditional and unconditional keywords of the denoiser, each for the whole batch."""
+        takes_text, takes_labels = self.text_encoder is not None, self.denoiser.null_class_label is not None
+        if prompt is not None and not takes_text:
+            raise UserError("This pipeline's model is conditioned on class labels, not text; pass class_labels=[...] "
+                            "instead of prompt.")
+        if class_labels is not None and not takes_labels:
+            raise UserError("This pipeline's model is conditioned on text, not class labels; pass prompt=... "
+                            "instead of class_labels.")
+        if takes_text and prompt is None:
+            raise UserError("This pipeline's model is conditioned on text; pass prompt=... (a caption or a list).")
+        if takes_labels and class_labels is None:
+            raise UserError(f"This pipeline's model is conditioned on class labels; pass class_labels=[...] "
+                            f"(0 to {self.denoiser.null_class_label - 1}).")
+        if negative_prompt is not None and not takes_text:
+            raise UserError("negative_prompt needs a text-conditioned model; this one takes class labels.")
+        cond: ModelInputs = {}
+        uncond: ModelInputs = {}
+        if takes_text:
+            prompts = _as_prompts(prompt, "prompt")
+            index = torch.arange(len(prompts)).repeat_interleave(per_prompt)
+            cond["condition"] = self.text_encoder.encode(prompts)[index].to(device)
+            if negative_prompt is None:
+                null = null_condition(self.text_encoder, self.config.null_condition, len(index))
+                uncond["condition"] = null.to(device)
+            else:
+                negatives = _as_prompts(negative_prompt, "negative_prompt")
+                if len(negatives) not in (1, len(prompts)):
+                    raise UserError(f"negative_prompt has {len(negatives)} captions for {len(prompts)} prompts; "
+                                    "pass one, or one per prompt.")
+                negative = self.text_encoder.encode(negatives)
+                uncond["condition"] = negative[index if len(negatives) > 1 else [0] * len(index)].to(device)
+        if takes_labels:
+            labels = self._class_labels(class_labels).repeat_interleave(per_prompt).to(device)
+            cond["class_labels"] = labels
+            uncond["class_labels"] = torch.full_like(labels, self.denoiser.null_class_label)
+        if takes_text and takes_labels and len(cond["condition"].tokens) != len(cond["class_labels"]):
+            raise UserError("This model takes a caption and a class label per image; pass as many class labels as "
+                            "prompts.")
+        return cond, uncond
+
+    def _class_labels(self, class_labels: int | Sequence[int] | torch.Tensor) -> torch.Tensor:
+        labels = torch.as_tensor([class_labels] if isinstance(class_labels, int) else class_labels).reshape(-1)
+        num_classes = self.denoiser.null_class_label
+        if labels.dtype.is_floating_point or labels.numel() == 0:
+            raise UserError("class_labels must be one or more integer class ids.")
+        bad = labels[(labels < 0) | (labels >= num_classes)].tolist()
+        if bad:
+            raise UserError(f"Class labels {bad} are out of range; this model has classes 0 to {num_classes - 1}.")
+        return labels.long()
+
+    def _initial_latents(self, batch: int, latents: torch.Tensor | None, generator: Any,
+                         device: torch.device) -> torch.Tensor:
+        cfg = self.denoiser.config
+        shape = (batch, cfg.in_channels, cfg.sample_size, cfg.sample_size)
+        if latents is None:
+            latents = randn_tensor(shape, generator=generator, device=device, dtype=torch.float32)
+        elif tuple(latents.shape) != shape:
+            raise UserError(f"latents must have shape {shape} (images x channels x size x size), "
+                            f"got {tuple(latents.shape)}.")
+        return latents.to(device, torch.float32) * self.scheduler.init_noise_sigma
+
+    def _step_kwargs(self, generator: Any) -> dict[str, Any]:
+        """``generator`` for the schedulers whose step draws noise (DDPM, Euler ancestral, ...)."""
+        accepts = inspect.signature(self.scheduler.step).parameters
+        return {"generator": generator} if "generator" in accepts else {}
+
+    def _decode(self, latents: torch.Tensor) -> torch.Tensor:
+        """Latents to images in [-1, 1]; in pixel space they already are images."""
+        if self.vae is None:
+            return latents
+        latents = latents / self.vae.config.scaling_factor + (self.vae.config.get("shift_factor") or 0.0)
+        return self.vae.decode(latents.to(self.vae.dtype)).sample.float()
+
+
+def _check_components(denoiser: torch.nn.Module, text_encoder: TextEncoder | None) -> None:
+    """A text model needs a text encoder of its widths; a class-label model takes none."""
+    cfg = denoiser.config
+    reads_text = cfg.cond_token_dim is not None or cfg.cond_pooled_dim is not None
+    if reads_text and text_encoder is None:
+        raise UserError(f"This {type(denoiser).__name__} takes text conditions (cond_token_dim={cfg.cond_token_dim}, "
+                        f"cond_pooled_dim={cfg.cond_pooled_dim}); pass its text_encoder to the pipeline.")
+    if text_encoder is None:
+        return
+    if not reads_text:
+        raise UserError(f"This {type(denoiser).__name__} was built without text inputs (no cond_token_dim or "
+                        "cond_pooled_dim); pass text_encoder=None and sample with class_labels.")
+    for field, width in (("cond_token_dim", text_encoder.token_dim), ("cond_pooled_dim", text_encoder.pooled_dim)):
+        if cfg[field] is not None and cfg[field] != width:
+            raise UserError(f"The denoiser's {field}={cfg[field]} does not match the text encoder's width {width}; "
+                            "pair the model with the encoder it was trained with.")
+
+
+def _as_prompts(prompt: str | Sequence[str], name: str) -> list[str]:
+    prompts = [prompt] if isinstance(prompt, str) else list(prompt)
+    if not prompts or not all(isinstance(p, str) for p in prompts):
+        raise UserError(f"{name} must be a caption or a non-empty list of captions.")
+    return prompts
+
+
+def _batch_size(inputs: ModelInputs) -> int:
+    if "condition" in inputs:
+        return inputs["condition"].batch_size
+    return len(inputs["class_labels"])
+
+
+def _concat_inputs(first: ModelInputs, second: ModelInputs) -> ModelInputs:
+    """One batch of both halves, so that guidance costs one forward pass per step."""
+    out: ModelInputs = {}
+    if "condition" in first:
+        out["condition"] = Condition.cat([first["condition"], second["condition"]])
+    if "class_labels" in first:
+        out["class_labels"] = torch.cat([first["class_labels"], second["class_labels"]])
+    return out
