@@ -55,12 +55,44 @@ def _add_pretrain_clip(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("overrides", nargs="*", help="key=value overrides, e.g. output_dir=runs/clip train.steps=100")
 
 
+def _sample(args: argparse.Namespace) -> None:
+    from film_diffusion.sample import run_sample
+
+    out = run_sample(args.path, prompts=args.prompt, prompts_file=args.prompts_file, class_labels=args.class_label,
+                     steps=args.steps, cfg=args.cfg, scheduler=args.scheduler, seed=args.seed,
+                     num_per_prompt=args.num_per_prompt, out=args.out, device=args.device)
+    print(f"wrote {out} and its images in {out.with_suffix('')}/")
+
+
+def _add_sample(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("path", metavar="RUN_OR_PIPELINE", help="a run folder (its pipeline/) or a pipeline folder")
+    parser.add_argument("--prompt", action="append", default=[], help="a caption to sample (repeat for more)")
+    parser.add_argument("--prompts-file", help="a UTF-8 text file with one caption per line")
+    parser.add_argument("--class-label", type=int, nargs="+", action="extend", default=[], metavar="K",
+                        help="class ids to sample, for a class-conditional model")
+    parser.add_argument("--steps", type=int, default=50, help="sampling steps (default 50)")
+    parser.add_argument("--cfg", type=float, default=4.0, help="classifier-free guidance scale; 1 turns it off "
+                        "(default 4)")
+    parser.add_argument("--scheduler", help="sampler: ddpm, ddim, dpm++, euler, euler_a, unipc, flow_euler or a "
+                        "diffusers class name (default: the one saved in the folder)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the initial noise (default 0)")
+    parser.add_argument("--num-per-prompt", type=int, default=4, help="images per caption or label (default 4)")
+    parser.add_argument("--out", default="samples.png", help="the grid; the images go in the folder of the same "
+                        "name without the suffix (default samples.png)")
+    parser.add_argument("--device", help="cpu, cuda, cuda:1, ... (default: cuda when there is one)")
+
+
 # name -> (one-line help, add its arguments, run it)
 COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], None]]] = {
     "smoke": (
         "Build every conditioning method on both backbones and run a few forward/backward steps on the CPU.",
         _add_smoke,
         _smoke,
+    ),
+    "sample": (
+        "Sample captions or class labels from a run or pipeline folder into a labelled grid and image files.",
+        _add_sample,
+        _sample,
     ),
     "train-oracle": (
         "Train the oracle that reads built-in scenes back from pixels, for one resolution, on the CPU.",

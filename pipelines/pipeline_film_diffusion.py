@@ -21,8 +21,10 @@ from diffusers.schedulers.scheduling_utils import SchedulerMixin
 from diffusers.utils.torch_utils import randn_tensor
 from film_diffusion.pipelines.schedulers import is_flow_scheduler, scheduler_from_name, takes_learned_variance
 
+from film_diffusion.backbones.dit import DiT
+from film_diffusion.backbones.unet import UNet
 from film_diffusion.conditioning import Condition
-from film_diffusion.encoders.base import TextEncoder
+from film_diffusion.encoders import OpenCLIP, TextEncoder, TransformersCLIP
 from film_diffusion.encoders.null import check_null_condition, null_condition
 from film_diffusion.errors import UserError
 
@@ -37,6 +39,11 @@ from film_diffusion.pipelines import FilmDiffusionPipeline
 
 __all__ = ["FilmDiffusionPipeline"]
 '''
+
+DENOISERS = (DiT, UNet)
+TEXT_ENCODERS = (OpenCLIP, TransformersCLIP)
+"""The component classes a folder may name. diffusers loads a component only from a module already
+imported, so importing them here is what lets ``from_pretrained`` find them."""
 
 ModelInputs = dict[str, Any]
 """The denoiser's condition keywords: ``condition`` (a :class:`Condition`) and/or ``class_labels``."""
@@ -59,7 +66,7 @@ class FilmDiffusionPipeline(DiffusionPipeline):
     model_cpu_offload_seq = "text_encoder->denoiser->vae"
     _optional_components = ["text_encoder", "vae"]
 
-    def __init__(self, denoiser: torch.nn.Module, scheduler: SchedulerMixin, text_encoder: TextEncoder | None = None,
+    def __init__(self, denoiser: DiT | UNet, scheduler: SchedulerMixin, text_encoder: TextEncoder | None = None,
                  vae: AutoencoderKL | None = None, null_condition: str = "empty_caption"):
         super().__init__()
         check_null_condition(null_condition)
@@ -216,8 +223,14 @@ class FilmDiffusionPipeline(DiffusionPipeline):
         return self.vae.decode(latents.to(self.vae.dtype)).sample.float()
 
 
-def _check_components(denoiser: torch.nn.Module, text_encoder: TextEncoder | None) -> None:
+def _check_components(denoiser: DiT | UNet, text_encoder: TextEncoder | None) -> None:
     """A text model needs a text encoder of its widths; a class-label model takes none."""
+    if not isinstance(denoiser, DENOISERS):
+        raise UserError(f"The denoiser must be a film-diffusion DiT or UNet, not a {type(denoiser).__name__}; "
+                        "convert diffusers DiT weights with film_diffusion.convert.load_diffusers_dit.")
+    if text_encoder is not None and not isinstance(text_encoder, TEXT_ENCODERS):
+        raise UserError(f"The text encoder must be a film-diffusion OpenCLIP or TransformersCLIP, not a "
+                        f"{type(text_encoder).__name__}.")
     cfg = denoiser.config
     reads_text = cfg.cond_token_dim is not None or cfg.cond_pooled_dim is not None
     if reads_text and text_encoder is None:

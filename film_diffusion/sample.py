@@ -1,0 +1,126 @@
+"""The ``sample`` command: load a pipeline folder (or a run's), sample captions or class labels, and
+write a labelled grid plus each image beside it."""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+
+from film_diffusion.errors import UserError
+from film_diffusion.grid import labelled_grid
+
+PIPELINE_CLASS = "FilmDiffusionPipeline"
+
+
+def pipeline_folder(path: str | Path) -> Path:
+    """A pipeline folder itself, or a run folder's ``pipeline/`` (what ``film-diffusion train`` leaves)."""
+    path = Path(path)
+    if not path.exists():
+        raise UserError(f"'{path}' does not exist; pass a run folder or a pipeline folder (with model_index.json).")
+    for folder in (path, path / "pipeline"):
+        if (folder / "model_index.json").is_file():
+            return folder
+    raise UserError(f"'{path}' is neither a pipeline folder (model_index.json) nor a run folder "
+                    "(pipeline/model_index.json); pass one of those.")
+
+
+def load_pipeline(path: str | Path):
+    """``FilmDiffusionPipeline.from_pretrained`` on a checked folder: a missing component or a foreign
+    pipeline is one sentence naming the folder, not a traceback from inside diffusers."""
+    from film_diffusion.pipelines import FilmDiffusionPipeline
+
+    folder = pipeline_folder(path)
+    index_file = folder / "model_index.json"
+    try:
+        index = json.loads(index_file.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise UserError(f"'{index_file}' is not valid JSON ({err}); save the pipeline again.") from None
+    if index.get("_class_name") != PIPELINE_CLASS:
+        raise UserError(f"'{folder}' holds a {index.get('_class_name')!r} pipeline, not a film-diffusion "
+                        f"{PIPELINE_CLASS}; pass a folder written by FilmDiffusionPipeline.save_pretrained.")
+    for name, value in index.items():
+        if isinstance(value, list) and value[0] is not None and not (folder / name).is_dir():
+            raise UserError(f"'{folder}' is incomplete: model_index.json lists '{name}' but there is no {name}/ "
+                            "folder; save the pipeline again or copy the whole folder.")
+    try:
+        return FilmDiffusionPipeline.from_pretrained(folder)
+    except UserError:
+        raise
+    except (OSError, ValueError, KeyError, RuntimeError) as err:
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise UserError(f"Could not load the pipeline in '{folder}' ({reason}); save it again or check that "
+                        "every component folder is complete.") from None
+
+
+def read_prompts(prompts: Sequence[str], prompts_file: str | Path | None) -> list[str]:
+    """Prompts from the command line, then one per non-blank line of the file; an empty one is refused
+    (the empty caption is the unconditional input, not a prompt)."""
+    captions = list(prompts)
+    if prompts_file is not None:
+        path = Path(prompts_file)
+        if not path.is_file():
+            raise UserError(f"Prompts file '{path}' does not exist; pass a text file with one caption per line.")
+        try:
+            text = path.read_text(encoding="utf-8")
+        except UnicodeDecodeError as err:
+            raise UserError(f"Prompts file '{path}' is not UTF-8 text (byte {err.start}); save it as UTF-8.") from None
+        captions += [line.strip() for line in text.splitlines() if line.strip()]
+    for i, caption in enumerate(captions):
+        if not caption.strip():
+            raise UserError(f"Prompt {i + 1} is empty; give every prompt some text (guidance already uses the "
+                            "model's null condition as the unconditional input).")
+    return captions
+
+
+def run_sample(path: str | Path, prompts: Sequence[str] = (), prompts_file: str | Path | None = None,
+               class_labels: Sequence[int] = (), steps: int = 50, cfg: float = 4.0, scheduler: str | None = None,
+               seed: int = 0, num_per_prompt: int = 4, out: str | Path = "samples.png",
+               device: str | None = None) -> Path:
+    """Sample ``num_per_prompt`` images per caption (or class label), write the labelled grid to ``out`` and
+    each image into the folder named after it (``samples.png`` -> ``samples/000_00.png``). The same seed
+    gives the same bytes."""
+    captions = read_prompts(prompts, prompts_file)
+    if captions and class_labels:
+        raise UserError("Pass prompts or class labels, not both.")
+    if not captions and not class_labels:
+        raise UserError("Nothing to sample: pass --prompt TEXT (or --prompts-file FILE), or --class-label K.")
+    if steps < 1 or num_per_prompt < 1:
+        raise UserError("--steps and --num-per-prompt must be at least 1.")
+    out = Path(out)
+    if out.suffix.lower() not in (".png", ".jpg", ".jpeg"):
+        raise UserError(f"--out '{out}' must end in .png or .jpg.")
+    pipe = load_pipeline(path)
+    if captions and pipe.text_encoder is None:
+        raise UserError(f"'{path}' holds a class-conditional model; pass --class-label K instead of prompts.")
+    if class_labels and pipe.text_encoder is not None and pipe.denoiser.null_class_label is None:
+        raise UserError(f"'{path}' holds a text-conditioned model; pass --prompt TEXT instead of class labels.")
+    if scheduler is not None:
+        pipe.set_scheduler(scheduler)
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    pipe.to(device)
+    generator = torch.Generator(device).manual_seed(seed)
+    condition = {"prompt": captions} if captions else {"class_labels": list(class_labels)}
+    images = pipe(**condition, num_inference_steps=steps, guidance_scale=cfg, num_images_per_prompt=num_per_prompt,
+                  generator=generator).images
+    labels = captions or [f"class {k}" for k in class_labels]
+    rows = [images[i * num_per_prompt:(i + 1) * num_per_prompt] for i in range(len(labels))]
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    image_folder = out.with_suffix("")
+    image_folder.mkdir(exist_ok=True)
+    for r, row in enumerate(rows):
+        for c, image in enumerate(row):
+            image.save(image_folder / f"{r:03d}_{c:02d}{out.suffix}")
+    lines = [f"{r:03d} {_one_line(label)}\n" for r, label in enumerate(labels)]
+    (image_folder / "captions.txt").write_text("".join(lines))
+    labelled_grid(rows, [_one_line(label) for label in labels]).save(out)
+    return out
+
+
+def _one_line(text: str) -> str:
+    """A caption as one printable line (control characters shown as spaces)."""
+    return re.sub(r"[\x00-\x1f\x7f]", " ", text)
