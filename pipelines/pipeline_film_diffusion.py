@@ -131,7 +131,7 @@ class FilmDiffusionPipeline(DiffusionPipeline):
         step_kwargs = self._step_kwargs(generator)
         for t in self.progress_bar(self.scheduler.timesteps):
             x = torch.cat([latents, latents]) if guided else latents
-            x = self.scheduler.scale_model_input(x, t)
+            x = self._scale_model_input(x, t)
             out = self.denoiser(x, t, **inputs).sample.float()  # (B or 2B, C or 2C, h, w)
             if guided:
                 out_uncond, out_cond = out.chunk(2)
@@ -208,7 +208,13 @@ class FilmDiffusionPipeline(DiffusionPipeline):
         elif tuple(latents.shape) != shape:
             raise UserError(f"latents must have shape {shape} (images x channels x size x size), "
                             f"got {tuple(latents.shape)}.")
-        return latents.to(device, torch.float32) * self.scheduler.init_noise_sigma
+        # Flow-matching schedulers start from unit noise and have no init_noise_sigma.
+        return latents.to(device, torch.float32) * getattr(self.scheduler, "init_noise_sigma", 1.0)
+
+    def _scale_model_input(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """The scheduler's input scaling (Euler's 1 / sqrt(sigma^2 + 1)); flow-matching ones have none."""
+        scale = getattr(self.scheduler, "scale_model_input", None)
+        return x if scale is None else scale(x, t)
 
     def _step_kwargs(self, generator: Any) -> dict[str, Any]:
         """``generator`` for the schedulers whose step draws noise (DDPM, Euler ancestral, ...)."""

@@ -1,0 +1,44 @@
+"""Every named scheduler samples; v-prediction and flow models sample with their own schedulers."""
+
+import pytest
+import torch
+from diffusers import DDIMScheduler, DDPMScheduler, EulerDiscreteScheduler, FlowMatchEulerDiscreteScheduler
+from pipes import SIZE, class_denoiser
+
+from film_diffusion.pipelines import SCHEDULERS, FilmDiffusionPipeline
+
+
+@pytest.mark.parametrize("name", [n for n in SCHEDULERS if n != "flow_euler"])
+def test_each_named_scheduler_samples_finite_images(name):
+    pipe = FilmDiffusionPipeline(class_denoiser(), DDPMScheduler())
+    pipe.set_scheduler(name)
+    assert type(pipe.scheduler) is SCHEDULERS[name][0]
+    images = pipe(class_labels=[1, 2], num_inference_steps=4, guidance_scale=2.0, output_type="pt",
+                  generator=torch.Generator().manual_seed(0)).images
+    assert images.shape == (2, 3, SIZE, SIZE) and torch.isfinite(images).all()
+
+
+def test_a_scheduler_by_name_keeps_the_saved_schedule_and_prediction_type():
+    saved = DDPMScheduler(prediction_type="v_prediction", beta_schedule="squaredcos_cap_v2", num_train_timesteps=500)
+    pipe = FilmDiffusionPipeline(class_denoiser(), saved)
+    for name in ("dpm++", "EulerAncestralDiscreteScheduler"):
+        pipe.set_scheduler(name)
+        cfg = pipe.scheduler.config
+        assert (cfg.prediction_type, cfg.beta_schedule, cfg.num_train_timesteps) == \
+            ("v_prediction", "squaredcos_cap_v2", 500)
+        assert type(pipe.scheduler).__name__ == {"dpm++": "DPMSolverMultistepScheduler"}.get(name, name)
+        assert name != "dpm++" or cfg.algorithm_type == "dpmsolver++"
+    pipe.set_scheduler(EulerDiscreteScheduler.from_config(saved.config))  # an object is used as it is
+    assert isinstance(pipe.scheduler, EulerDiscreteScheduler)
+
+
+@pytest.mark.parametrize("scheduler", [DDIMScheduler(prediction_type="v_prediction"),
+                                       EulerDiscreteScheduler(prediction_type="v_prediction"),
+                                       FlowMatchEulerDiscreteScheduler(shift=3.0)],
+                         ids=["v-ddim", "v-euler", "flow-euler"])
+def test_v_prediction_and_flow_models_sample_with_their_schedulers(scheduler):
+    pipe = FilmDiffusionPipeline(class_denoiser(), scheduler)
+    images = pipe(class_labels=[0, 3], num_inference_steps=5, guidance_scale=3.0, output_type="pt",
+                  generator=torch.Generator().manual_seed(0)).images
+    assert images.shape == (2, 3, SIZE, SIZE) and torch.isfinite(images).all()
+    assert images.std() > 0.01  # something other than a constant image came out
