@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import torch
+from diffusers.utils import logging as diffusers_logging
 
 from film_diffusion.errors import UserError
 from film_diffusion.grid import labelled_grid
@@ -46,6 +47,8 @@ def load_pipeline(path: str | Path):
         if isinstance(value, list) and value[0] is not None and not (folder / name).is_dir():
             raise UserError(f"'{folder}' is incomplete: model_index.json lists '{name}' but there is no {name}/ "
                             "folder; save the pipeline again or copy the whole folder.")
+    bar_was_on = diffusers_logging.is_progress_bar_enabled()
+    diffusers_logging.disable_progress_bar()  # loading takes a moment; an error should be the only line printed
     try:
         return FilmDiffusionPipeline.from_pretrained(folder)
     except UserError:
@@ -54,6 +57,9 @@ def load_pipeline(path: str | Path):
         reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise UserError(f"Could not load the pipeline in '{folder}' ({reason}); save it again or check that "
                         "every component folder is complete.") from None
+    finally:
+        if bar_was_on:
+            diffusers_logging.enable_progress_bar()
 
 
 def read_prompts(prompts: Sequence[str], prompts_file: str | Path | None) -> list[str]:

@@ -19,7 +19,6 @@ from diffusers import AutoencoderKL, DiffusionPipeline, ImagePipelineOutput
 from diffusers.image_processor import VaeImageProcessor
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
 from diffusers.utils.torch_utils import randn_tensor
-from film_diffusion.pipelines.schedulers import is_flow_scheduler, scheduler_from_name, takes_learned_variance
 
 from film_diffusion.backbones.dit import DiT
 from film_diffusion.backbones.unet import UNet
@@ -27,6 +26,7 @@ from film_diffusion.conditioning import Condition
 from film_diffusion.encoders import OpenCLIP, TextEncoder, TransformersCLIP
 from film_diffusion.encoders.null import check_null_condition, null_condition
 from film_diffusion.errors import UserError
+from film_diffusion.pipelines.schedulers import is_flow_scheduler, scheduler_from_name, takes_learned_variance
 
 OUTPUT_TYPES = ("pil", "np", "pt", "latent")
 
@@ -75,6 +75,13 @@ class FilmDiffusionPipeline(DiffusionPipeline):
         self.register_to_config(null_condition=null_condition)
         scale = 2 ** (len(vae.config.block_out_channels) - 1) if vae is not None else 1
         self.image_processor = VaeImageProcessor(vae_scale_factor=scale, do_normalize=True)
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path: str | Path, **kwargs: Any) -> FilmDiffusionPipeline:
+        """diffusers' loader, reading weights only as safetensors: a folder whose weights are missing is an
+        error, never a fall-back to a pickle file."""
+        kwargs.setdefault("use_safetensors", True)
+        return super().from_pretrained(pretrained_model_name_or_path, **kwargs)
 
     def save_pretrained(self, save_directory: str | Path, **kwargs: Any) -> None:
         """diffusers' folder (``model_index.json``, a sub-folder per component, safetensors weights) plus a

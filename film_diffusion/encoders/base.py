@@ -95,8 +95,8 @@ class TextEncoder(ModelMixin, ABC):
             raise UserError(f"'{options_file}' is not valid JSON ({err}); save the encoder again.") from None
         saved_class = options.pop("class", None)
         if saved_class != cls.__name__:
-            raise UserError(f"'{folder}' holds a {saved_class} text encoder, not a {cls.__name__}; load it with "
-                            f"{saved_class}.from_pretrained.")
+            raise UserError(f"'{folder}' holds a text encoder of class {saved_class}, not {cls.__name__}; load it "
+                            f"with {saved_class}.from_pretrained.")
         encoder = cls._load_saved(folder, **options)
         return encoder if torch_dtype is None else encoder.to(torch_dtype)
 

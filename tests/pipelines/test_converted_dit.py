@@ -3,8 +3,8 @@
 import pytest
 import torch
 from diffusers import DDIMScheduler, DiTPipeline, DiTTransformer2DModel
-from pipes import SIZE, tiny_vae
 from test_convert import randomize_, tiny_reference
+from tiny_pipelines import SIZE, tiny_vae
 
 from film_diffusion.convert import load_diffusers_dit, load_facebookresearch_dit
 from film_diffusion.pipelines import FilmDiffusionPipeline

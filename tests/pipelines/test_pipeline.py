@@ -3,7 +3,7 @@
 import pytest
 import torch
 from diffusers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler, FlowMatchEulerDiscreteScheduler
-from pipes import SIZE, builtin_text_pipeline, class_denoiser, noise, text_denoiser, tiny_vae
+from tiny_pipelines import SIZE, builtin_text_pipeline, class_denoiser, noise, tiny_vae
 
 from film_diffusion.conditioning import Condition
 from film_diffusion.encoders import TransformersCLIP
@@ -110,7 +110,8 @@ def test_flow_model_samples_with_a_plain_euler_integration_of_the_velocity():
     z = x.clone()
     with torch.no_grad():
         for i, t in enumerate(scheduler.timesteps):  # x_{next} = x + (sigma_next - sigma) * v, t = 1000 sigma
-            z = z + (scheduler.sigmas[i + 1] - scheduler.sigmas[i]) * model(z, t, class_labels=torch.tensor([4, 5])).sample
+            velocity = model(z, t, class_labels=torch.tensor([4, 5])).sample
+            z = z + (scheduler.sigmas[i + 1] - scheduler.sigmas[i]) * velocity
     torch.testing.assert_close(got, to_images(z), atol=1e-5, rtol=0)
 
 

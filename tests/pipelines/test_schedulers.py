@@ -3,7 +3,7 @@
 import pytest
 import torch
 from diffusers import DDIMScheduler, DDPMScheduler, EulerDiscreteScheduler, FlowMatchEulerDiscreteScheduler
-from pipes import SIZE, class_denoiser
+from tiny_pipelines import SIZE, class_denoiser
 
 from film_diffusion.pipelines import SCHEDULERS, FilmDiffusionPipeline
 

@@ -5,7 +5,7 @@ import json
 import pytest
 import torch
 from diffusers import DDIMScheduler, DiffusionPipeline, EulerDiscreteScheduler
-from pipes import builtin_text_pipeline, class_denoiser, text_denoiser, tiny_vae
+from tiny_pipelines import builtin_text_pipeline, class_denoiser, text_denoiser, tiny_vae
 
 from film_diffusion.encoders import TransformersCLIP
 from film_diffusion.pipelines import FilmDiffusionPipeline
