@@ -59,8 +59,9 @@ class FilmDiffusionPipeline(DiffusionPipeline):
         text_encoder: the model's text encoder (``OpenCLIP`` / ``TransformersCLIP``), or None for a
             class-label model. It is saved inside the folder, weights and tokenizer included.
         vae: an ``AutoencoderKL`` for a latent model, or None in pixel space.
-        null_condition: the text model's unconditional input, as in training (``empty_caption`` or
-            ``zeros``; see ``film_diffusion.encoders.null``). A class-label model uses its null class.
+        null_condition: the text model's unconditional input, as in training: ``empty_caption``, ``zeros``
+            or ``learned`` (the denoiser's own, see ``film_diffusion.encoders.null``). A class-label model
+            uses its null class.
     """
 
     model_cpu_offload_seq = "text_encoder->denoiser->vae"
@@ -70,7 +71,7 @@ class FilmDiffusionPipeline(DiffusionPipeline):
                  vae: AutoencoderKL | None = None, null_condition: str = "empty_caption"):
         super().__init__()
         check_null_condition(null_condition)
-        _check_components(denoiser, text_encoder)
+        _check_components(denoiser, text_encoder, null_condition)
         self.register_modules(denoiser=denoiser, scheduler=scheduler, text_encoder=text_encoder, vae=vae)
         self.register_to_config(null_condition=null_condition)
         scale = 2 ** (len(vae.config.block_out_channels) - 1) if vae is not None else 1
@@ -178,7 +179,8 @@ class FilmDiffusionPipeline(DiffusionPipeline):
             index = torch.arange(len(prompts)).repeat_interleave(per_prompt)
             cond["condition"] = self.text_encoder.encode(prompts)[index].to(device)
             if negative_prompt is None:
-                null = null_condition(self.text_encoder, self.config.null_condition, len(index))
+                null = null_condition(self.text_encoder, self.config.null_condition, len(index),
+                                      learned=self.denoiser.conditioner.learned_null)
                 uncond["condition"] = null.to(device)
             else:
                 negatives = _as_prompts(negative_prompt, "negative_prompt")
@@ -236,8 +238,9 @@ class FilmDiffusionPipeline(DiffusionPipeline):
         return self.vae.decode(latents.to(self.vae.dtype)).sample.float()
 
 
-def _check_components(denoiser: DiT | UNet, text_encoder: TextEncoder | None) -> None:
-    """A text model needs a text encoder of its widths; a class-label model takes none."""
+def _check_components(denoiser: DiT | UNet, text_encoder: TextEncoder | None, null: str) -> None:
+    """A text model needs a text encoder of its widths (and of its learned null's length); a class-label
+    model takes none."""
     if not isinstance(denoiser, DENOISERS):
         raise UserError(f"The denoiser must be a film-diffusion DiT or UNet, not a {type(denoiser).__name__}; "
                         "convert diffusers DiT weights with film_diffusion.convert.load_diffusers_dit.")
@@ -258,6 +261,14 @@ def _check_components(denoiser: DiT | UNet, text_encoder: TextEncoder | None) ->
         if cfg[field] is not None and cfg[field] != width:
             raise UserError(f"The denoiser's {field}={cfg[field]} does not match the text encoder's width {width}; "
                             "pair the model with the encoder it was trained with.")
+    learned = denoiser.conditioner.learned_null
+    if null == "learned" and learned is None:
+        raise UserError("null_condition='learned' needs a denoiser built with learned_null_tokens; choose "
+                        "'empty_caption' or 'zeros', the null the model was trained with.")
+    if learned is not None and learned.tokens is not None and len(learned.tokens) != text_encoder.max_length:
+        length = text_encoder.max_length
+        raise UserError(f"The denoiser's learned null has {len(learned.tokens)} tokens but the text encoder gives "
+                        f"{length}; build the model with learned_null_tokens={length}.")
 
 
 def _as_prompts(prompt: str | Sequence[str], name: str) -> list[str]:

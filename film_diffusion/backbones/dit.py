@@ -89,6 +89,8 @@ class DiT(NullClassMixin, ModelMixin, ConfigMixin):
         timestep_route: ``"native"`` (adaLN-Zero, whatever the condition's method) or ``"with_condition"``.
         cond_token_dim / cond_pooled_dim: the text encoder's ``token_dim`` / ``pooled_dim``.
         timestep_freq_shift: 0 as in the DiT paper; 1 reproduces diffusers' ``DiTTransformer2DModel``.
+        learned_null_tokens: hold a learned null text condition of this many tokens (the encoder's
+            ``max_length``) for caption dropout and guidance, as PixArt does; None: no learned null.
     """
 
     native_timestep_method = "adaln_zero"
@@ -111,6 +113,7 @@ class DiT(NullClassMixin, ModelMixin, ConfigMixin):
         cond_token_dim: int | None = None,
         cond_pooled_dim: int | None = None,
         timestep_freq_shift: float = 0.0,
+        learned_null_tokens: int | None = None,
     ):
         super().__init__()
         if sample_size % patch_size:
@@ -130,7 +133,8 @@ class DiT(NullClassMixin, ModelMixin, ConfigMixin):
         sites = [self.sequence_site] + [s for block in self.blocks for s in block.sites] + [self.final_layer.site]
         self.conditioner = ConditioningStack(conditioning, timestep_route, self.native_timestep_method, sites,
                                               embed_dim=hidden_size, cond_token_dim=cond_token_dim,
-                                              cond_pooled_dim=cond_pooled_dim, num_classes=num_classes)
+                                              cond_pooled_dim=cond_pooled_dim, num_classes=num_classes,
+                                              learned_null_tokens=learned_null_tokens)
         self.initialize_weights()
 
     def initialize_weights(self) -> None:

@@ -129,6 +129,8 @@ class UNet(NullClassMixin, ModelMixin, ConfigMixin):
             every attention block, so that every block starts as the identity (a ResBlock as its skip
             projection). A ResBlock whose residual branch a method already gates with a zero-initialised
             gate (adaLN-Zero) keeps its convolution: two zero factors would give neither a gradient.
+        learned_null_tokens: hold a learned null text condition of this many tokens (the encoder's
+            ``max_length``) for caption dropout and guidance, as PixArt does; None: no learned null.
     """
 
     native_timestep_method = "film"
@@ -150,6 +152,7 @@ class UNet(NullClassMixin, ModelMixin, ConfigMixin):
         cond_pooled_dim: int | None = None,
         norm_num_groups: int = 32,
         zero_init: bool = True,
+        learned_null_tokens: int | None = None,
     ):
         super().__init__()
         channels = list(block_out_channels)
@@ -214,7 +217,8 @@ class UNet(NullClassMixin, ModelMixin, ConfigMixin):
         sites += [s for level in self.up for s in level.sites]
         self.conditioner = ConditioningStack(conditioning, timestep_route, self.native_timestep_method, sites,
                                              embed_dim=embed_dim, cond_token_dim=cond_token_dim,
-                                             cond_pooled_dim=cond_pooled_dim, num_classes=num_classes)
+                                             cond_pooled_dim=cond_pooled_dim, num_classes=num_classes,
+                                             learned_null_tokens=learned_null_tokens)
         extra = self.conditioner.extra_input_channels(self.input_site)
         self.conv_in = nn.Conv2d(in_channels + extra, channels[0], 3, padding=1)
         if zero_init:

@@ -19,6 +19,7 @@ from film_diffusion.conditioning.concat import Concat
 from film_diffusion.conditioning.condition import Condition
 from film_diffusion.conditioning.cross_attention import CrossAttention
 from film_diffusion.conditioning.film import FiLM
+from film_diffusion.conditioning.learned_null import LearnedNull
 from film_diffusion.conditioning.sites import Signals, Site, SiteState
 from film_diffusion.errors import UserError
 from film_diffusion.layers import LabelEmbedder
@@ -79,7 +80,8 @@ class ConditioningStack(nn.Module):
 
     def __init__(self, conditioning: MethodSpec | Sequence[MethodSpec] | None, timestep_route: str,
                  native_method: str, sites: Sequence[Site], embed_dim: int, cond_token_dim: int | None = None,
-                 cond_pooled_dim: int | None = None, num_classes: int | None = None):
+                 cond_pooled_dim: int | None = None, num_classes: int | None = None,
+                 learned_null_tokens: int | None = None):
         super().__init__()
         if timestep_route not in TIMESTEP_ROUTES:
             raise UserError(f"Unknown timestep_route {timestep_route!r}; use 'native' or 'with_condition'.")
@@ -104,6 +106,16 @@ class ConditioningStack(nn.Module):
                             "adaln_zero or concat to conditioning.")
         self.pooled_proj = nn.Linear(cond_pooled_dim, embed_dim) if cond_pooled_dim and reads_pooled else None
         self.label_embedder = LabelEmbedder(num_classes, embed_dim) if num_classes is not None else None
+        self.learned_null = None
+        if learned_null_tokens is not None:
+            if cond_token_dim is None and cond_pooled_dim is None:
+                raise UserError("learned_null_tokens is set but the model takes no text condition; set "
+                                "cond_token_dim / cond_pooled_dim or leave learned_null_tokens unset.")
+            if learned_null_tokens < 1:
+                raise UserError(f"learned_null_tokens={learned_null_tokens} must be at least 1: the text "
+                                "encoder's max_length, so the null batches with encoded captions.")
+            pooled_dim = cond_pooled_dim if self.pooled_proj is not None else None  # only what the model reads
+            self.learned_null = LearnedNull(learned_null_tokens, cond_token_dim, pooled_dim)
 
     def check_inputs(self, condition: Condition | None, class_labels: torch.Tensor | None) -> None:
         """Every embedder the model was built with must be fed: an unfed one gets no gradient, which

@@ -9,12 +9,14 @@ from __future__ import annotations
 import torch
 
 from film_diffusion.conditioning.condition import Condition
+from film_diffusion.conditioning.learned_null import LearnedNull
 from film_diffusion.encoders.base import TextEncoder
 from film_diffusion.errors import UserError
 
-NULL_CONDITIONS: tuple[str, ...] = ("empty_caption", "zeros")
+NULL_CONDITIONS: tuple[str, ...] = ("empty_caption", "zeros", "learned")
 """``empty_caption``: the encoded caption ``""`` (Stable Diffusion's choice); ``zeros``: zero tokens, all
-masked (a cross-attention site then adds nothing), and a zero pooled vector."""
+masked (a cross-attention site then adds nothing), and a zero pooled vector; ``learned``: the model's
+own trained null (``learned_null_tokens``, PixArt's choice)."""
 
 
 def check_null_condition(kind: str) -> None:
@@ -22,9 +24,15 @@ def check_null_condition(kind: str) -> None:
         raise UserError(f"Unknown null condition {kind!r}; choose one of {', '.join(map(repr, NULL_CONDITIONS))}.")
 
 
-def null_condition(encoder: TextEncoder, kind: str, batch_size: int) -> Condition:
-    """``batch_size`` copies of the null condition of ``kind``, on the encoder's device and dtype."""
+def null_condition(encoder: TextEncoder, kind: str, batch_size: int, learned: LearnedNull | None = None) -> Condition:
+    """``batch_size`` copies of the null condition of ``kind``; ``learned`` is the model's
+    ``conditioner.learned_null``, which the kind ``learned`` needs."""
     check_null_condition(kind)
+    if kind == "learned":
+        if learned is None:
+            raise UserError("null_condition='learned' needs a model built with learned_null_tokens (the encoder's "
+                            "max_length); build it so, or choose 'empty_caption'.")
+        return learned(batch_size)
     one = encoder.encode([""])
     if kind == "zeros":
         one = Condition(tokens=torch.zeros_like(one.tokens), mask=torch.zeros_like(one.mask),

@@ -3,7 +3,7 @@
 import pytest
 import torch
 from diffusers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler, FlowMatchEulerDiscreteScheduler
-from tiny_pipelines import SIZE, builtin_text_pipeline, class_denoiser, noise, tiny_vae
+from tiny_pipelines import SIZE, builtin_text_pipeline, class_denoiser, noise, text_denoiser, tiny_vae
 
 from film_diffusion.conditioning import Condition
 from film_diffusion.encoders import TransformersCLIP
@@ -61,6 +61,30 @@ def test_guidance_changes_the_images_and_the_null_is_the_recorded_one():
     pipe.register_to_config(null_condition="zeros")
     assert (run(guidance_scale=3.0) - guided).abs().max() > 1e-4  # another null, another result
     torch.testing.assert_close(run(guidance_scale=3.0, negative_prompt=""), guided, atol=1e-6, rtol=0)
+
+
+def test_learned_null_is_the_models_own_and_survives_a_round_trip(tmp_path):
+    encoder = builtin_text_pipeline("dit").text_encoder
+    model = text_denoiser("unet", encoder, learned_null_tokens=encoder.max_length)
+    pipe = FilmDiffusionPipeline(model, DDIMScheduler(), text_encoder=encoder, null_condition="learned")
+    null = model.conditioner.learned_null(4)
+    assert null.tokens.shape == (4, encoder.max_length, encoder.token_dim) and null.mask.all()
+    assert null.pooled.shape == (4, encoder.pooled_dim)
+    x = noise(4)
+    got = pipe(prompt=PROMPTS, num_images_per_prompt=2, num_inference_steps=3, guidance_scale=3.0, latents=x,
+               output_type="pt").images
+    with torch.no_grad():
+        expected = to_images(plain_loop(model, DDIMScheduler(), {"condition": encoder.encode(PROMPTS)[[0, 0, 1, 1]]},
+                                        {"condition": null}, x, 3, 3.0))
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=0)
+    pipe.save_pretrained(tmp_path / "pipe")
+    loaded = FilmDiffusionPipeline.from_pretrained(tmp_path / "pipe")
+    assert loaded.config.null_condition == "learned"
+    assert torch.equal(loaded.denoiser.conditioner.learned_null.tokens, model.conditioner.learned_null.tokens)
+    short = text_denoiser("unet", encoder, learned_null_tokens=encoder.max_length - 1)
+    with pytest.raises(UserError, match=f"learned null has {encoder.max_length - 1} tokens but the text encoder "
+                                        f"gives {encoder.max_length}; build the model with learned_null_tokens="):
+        FilmDiffusionPipeline(short, DDIMScheduler(), text_encoder=encoder)
 
 
 def test_class_pipeline_guides_all_four_latent_channels_with_the_models_null_class():
@@ -169,6 +193,8 @@ def test_wrong_inputs_are_one_sentence_naming_the_fix(tiny_transformers_clip):
          "cond_token_dim=64 does not match the text encoder's width 32"),
         (lambda: FilmDiffusionPipeline(text.denoiser, DDIMScheduler(), text.text_encoder, null_condition="none"),
          "Unknown null condition 'none'"),
+        (lambda: FilmDiffusionPipeline(text.denoiser, DDIMScheduler(), text.text_encoder, null_condition="learned"),
+         "null_condition='learned' needs a denoiser built with learned_null_tokens"),
         (lambda: text.set_scheduler("nope"), "Unknown scheduler 'nope'; choose one of ddpm, ddim, dpm"),
         (lambda: text.set_scheduler("flow_euler"), "does not fit this diffusion"),
         (lambda: text.set_scheduler(FlowMatchEulerDiscreteScheduler()), "does not fit a model saved with"),
