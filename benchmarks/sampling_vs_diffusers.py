@@ -71,6 +71,9 @@ def main() -> None:
                     generator=generator, output_type="np").images
 
     difference = abs(call(ours, 5) - call(reference, 5)).max()
+    if difference > 1e-3:
+        raise SystemExit(f"The pipelines disagree (max difference {difference:.1e}), so timing them compares "
+                         "different work; fix that first.")
     seconds = interleaved_medians({"diffusers DiTPipeline": lambda: call(reference), "ours": lambda: call(ours)},
                                   repeats=args.repeats, warmup=args.warmup, device=device)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"

@@ -13,8 +13,7 @@ from diffusers.utils import logging as diffusers_logging
 
 from film_diffusion.errors import UserError
 from film_diffusion.grid import labelled_grid
-
-PIPELINE_CLASS = "FilmDiffusionPipeline"
+from film_diffusion.pipelines import FilmDiffusionPipeline
 
 
 def pipeline_folder(path: str | Path) -> Path:
@@ -29,20 +28,18 @@ def pipeline_folder(path: str | Path) -> Path:
                     "(pipeline/model_index.json); pass one of those.")
 
 
-def load_pipeline(path: str | Path):
+def load_pipeline(path: str | Path) -> FilmDiffusionPipeline:
     """``FilmDiffusionPipeline.from_pretrained`` on a checked folder: a missing component or a foreign
     pipeline is one sentence naming the folder, not a traceback from inside diffusers."""
-    from film_diffusion.pipelines import FilmDiffusionPipeline
-
     folder = pipeline_folder(path)
     index_file = folder / "model_index.json"
     try:
         index = json.loads(index_file.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise UserError(f"'{index_file}' is not valid JSON ({err}); save the pipeline again.") from None
-    if index.get("_class_name") != PIPELINE_CLASS:
+    if index.get("_class_name") != FilmDiffusionPipeline.__name__:
         raise UserError(f"'{folder}' holds a {index.get('_class_name')!r} pipeline, not a film-diffusion "
-                        f"{PIPELINE_CLASS}; pass a folder written by FilmDiffusionPipeline.save_pretrained.")
+                        "FilmDiffusionPipeline; pass a folder written by FilmDiffusionPipeline.save_pretrained.")
     for name, value in index.items():
         if isinstance(value, list) and value[0] is not None and not (folder / name).is_dir():
             raise UserError(f"'{folder}' is incomplete: model_index.json lists '{name}' but there is no {name}/ "
@@ -90,8 +87,6 @@ def run_sample(path: str | Path, prompts: Sequence[str] = (), prompts_file: str 
     each image into the folder named after it (``samples.png`` -> ``samples/000_00.png``). The same seed
     gives the same bytes."""
     captions = read_prompts(prompts, prompts_file)
-    if captions and class_labels:
-        raise UserError("Pass prompts or class labels, not both.")
     if not captions and not class_labels:
         raise UserError("Nothing to sample: pass --prompt TEXT (or --prompts-file FILE), or --class-label K.")
     if steps < 1 or num_per_prompt < 1:
@@ -99,25 +94,28 @@ def run_sample(path: str | Path, prompts: Sequence[str] = (), prompts_file: str 
     out = Path(out)
     if out.suffix.lower() not in (".png", ".jpg", ".jpeg"):
         raise UserError(f"--out '{out}' must end in .png or .jpg.")
+    device = _device(device)
     pipe = load_pipeline(path)
-    if captions and pipe.text_encoder is None:
-        raise UserError(f"'{path}' holds a class-conditional model; pass --class-label K instead of prompts.")
-    if class_labels and pipe.text_encoder is not None and pipe.denoiser.null_class_label is None:
-        raise UserError(f"'{path}' holds a text-conditioned model; pass --prompt TEXT instead of class labels.")
+    _check_inputs_fit(pipe, path, captions, class_labels)
     if scheduler is not None:
         pipe.set_scheduler(scheduler)
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     pipe.to(device)
-    generator = torch.Generator(device).manual_seed(seed)
-    condition = {"prompt": captions} if captions else {"class_labels": list(class_labels)}
+    condition = {}
+    if captions:
+        condition["prompt"] = captions
+    if class_labels:
+        condition["class_labels"] = list(class_labels)
     images = pipe(**condition, num_inference_steps=steps, guidance_scale=cfg, num_images_per_prompt=num_per_prompt,
-                  generator=generator).images
-    labels = captions or [f"class {k}" for k in class_labels]
+                  generator=torch.Generator(device).manual_seed(seed)).images
+    labels = _row_labels(captions, class_labels)
     rows = [images[i * num_per_prompt:(i + 1) * num_per_prompt] for i in range(len(labels))]
 
     out.parent.mkdir(parents=True, exist_ok=True)
     image_folder = out.with_suffix("")
     image_folder.mkdir(exist_ok=True)
+    for old in image_folder.iterdir():  # an earlier run's images (only the names this command writes)
+        if re.fullmatch(r"\d{3}_\d{2}\.(png|jpe?g)|captions\.txt", old.name):
+            old.unlink()
     for r, row in enumerate(rows):
         for c, image in enumerate(row):
             image.save(image_folder / f"{r:03d}_{c:02d}{out.suffix}")
@@ -125,6 +123,38 @@ def run_sample(path: str | Path, prompts: Sequence[str] = (), prompts_file: str 
     (image_folder / "captions.txt").write_text("".join(lines))
     labelled_grid(rows, [_one_line(label) for label in labels]).save(out)
     return out
+
+
+def _device(name: str | None) -> torch.device:
+    """The --device option, checked before any work: CUDA when there is one by default."""
+    if name is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise UserError(f"--device '{name}' is not a device; pass cpu, cuda or cuda:N.") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"--device '{name}' asks for CUDA, but this machine has no usable GPU; pass --device cpu.")
+    return device
+
+
+def _check_inputs_fit(pipe: FilmDiffusionPipeline, path: str | Path, captions: list[str],
+                      class_labels: Sequence[int]) -> None:
+    """Prompts for a text model, labels for a class model, both for a model that takes both."""
+    takes_text, takes_labels = pipe.text_encoder is not None, pipe.denoiser.null_class_label is not None
+    if captions and not takes_text:
+        raise UserError(f"'{path}' holds a class-conditional model; pass --class-label K instead of prompts.")
+    if class_labels and not takes_labels:
+        raise UserError(f"'{path}' holds a text-conditioned model; pass --prompt TEXT instead of class labels.")
+    if takes_text and takes_labels and len(captions) != len(class_labels):
+        raise UserError(f"'{path}' holds a model that takes a caption and a class label per row; pass as many "
+                        f"--class-label values as prompts (got {len(captions)} and {len(class_labels)}).")
+
+
+def _row_labels(captions: list[str], class_labels: Sequence[int]) -> list[str]:
+    if captions and class_labels:
+        return [f"{caption} (class {k})" for caption, k in zip(captions, class_labels, strict=True)]
+    return captions or [f"class {k}" for k in class_labels]
 
 
 def _one_line(text: str) -> str:

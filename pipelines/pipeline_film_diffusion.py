@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Sequence
+from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +27,7 @@ from film_diffusion.conditioning import Condition
 from film_diffusion.encoders import OpenCLIP, TextEncoder, TransformersCLIP
 from film_diffusion.encoders.null import check_null_condition, null_condition
 from film_diffusion.errors import UserError
-from film_diffusion.pipelines.schedulers import is_flow_scheduler, scheduler_from_name, takes_learned_variance
+from film_diffusion.pipelines.schedulers import check_scheduler, scheduler_from_name, takes_learned_variance
 
 OUTPUT_TYPES = ("pil", "np", "pt", "latent")
 
@@ -70,8 +71,9 @@ class FilmDiffusionPipeline(DiffusionPipeline):
     def __init__(self, denoiser: DiT | UNet, scheduler: SchedulerMixin, text_encoder: TextEncoder | None = None,
                  vae: AutoencoderKL | None = None, null_condition: str = "empty_caption"):
         super().__init__()
-        check_null_condition(null_condition)
-        _check_components(denoiser, text_encoder, null_condition)
+        check_null_condition(null_condition, denoiser.conditioner.learned_null)
+        check_scheduler(scheduler)
+        _check_components(denoiser, text_encoder)
         self.register_modules(denoiser=denoiser, scheduler=scheduler, text_encoder=text_encoder, vae=vae)
         self.register_to_config(null_condition=null_condition)
         scale = 2 ** (len(vae.config.block_out_channels) - 1) if vae is not None else 1
@@ -96,10 +98,8 @@ class FilmDiffusionPipeline(DiffusionPipeline):
         schedule carry over, or a scheduler object, used as it is."""
         if isinstance(scheduler, str):
             scheduler = scheduler_from_name(scheduler, self.scheduler)
-        elif is_flow_scheduler(scheduler) != is_flow_scheduler(self.scheduler):
-            raise UserError(f"A {type(scheduler).__name__} does not fit a model saved with "
-                            f"{type(self.scheduler).__name__}: flow-matching and diffusion schedulers read the "
-                            "model's prediction differently.")
+        else:
+            check_scheduler(scheduler, self.scheduler)
         self.scheduler = scheduler
 
     @torch.no_grad()
@@ -182,6 +182,7 @@ class FilmDiffusionPipeline(DiffusionPipeline):
                 null = null_condition(self.text_encoder, self.config.null_condition, len(index),
                                       learned=self.denoiser.conditioner.learned_null)
                 uncond["condition"] = null.to(device)
+                cond["condition"] = _fields_of(cond["condition"], null)
             else:
                 negatives = _as_prompts(negative_prompt, "negative_prompt")
                 if len(negatives) not in (1, len(prompts)):
@@ -193,7 +194,7 @@ class FilmDiffusionPipeline(DiffusionPipeline):
             labels = self._class_labels(class_labels).repeat_interleave(per_prompt).to(device)
             cond["class_labels"] = labels
             uncond["class_labels"] = torch.full_like(labels, self.denoiser.null_class_label)
-        if takes_text and takes_labels and len(cond["condition"].tokens) != len(cond["class_labels"]):
+        if takes_text and takes_labels and cond["condition"].batch_size != len(cond["class_labels"]):
             raise UserError("This model takes a caption and a class label per image; pass as many class labels as "
                             "prompts.")
         return cond, uncond
@@ -238,7 +239,7 @@ class FilmDiffusionPipeline(DiffusionPipeline):
         return self.vae.decode(latents.to(self.vae.dtype)).sample.float()
 
 
-def _check_components(denoiser: DiT | UNet, text_encoder: TextEncoder | None, null: str) -> None:
+def _check_components(denoiser: DiT | UNet, text_encoder: TextEncoder | None) -> None:
     """A text model needs a text encoder of its widths (and of its learned null's length); a class-label
     model takes none."""
     if not isinstance(denoiser, DENOISERS):
@@ -262,9 +263,6 @@ def _check_components(denoiser: DiT | UNet, text_encoder: TextEncoder | None, nu
             raise UserError(f"The denoiser's {field}={cfg[field]} does not match the text encoder's width {width}; "
                             "pair the model with the encoder it was trained with.")
     learned = denoiser.conditioner.learned_null
-    if null == "learned" and learned is None:
-        raise UserError("null_condition='learned' needs a denoiser built with learned_null_tokens; choose "
-                        "'empty_caption' or 'zeros', the null the model was trained with.")
     if learned is not None and learned.tokens is not None and len(learned.tokens) != text_encoder.max_length:
         length = text_encoder.max_length
         raise UserError(f"The denoiser's learned null has {len(learned.tokens)} tokens but the text encoder gives "
@@ -276,6 +274,13 @@ def _as_prompts(prompt: str | Sequence[str], name: str) -> list[str]:
     if not prompts or not all(isinstance(p, str) for p in prompts):
         raise UserError(f"{name} must be a caption or a non-empty list of captions.")
     return prompts
+
+
+def _fields_of(condition: Condition, like: Condition) -> Condition:
+    """``condition`` keeping only the fields ``like`` has: a learned null holds just the inputs the model reads,
+    and the two halves must have the same fields to go through the model in one batch."""
+    return Condition(**{f.name: getattr(condition, f.name) if getattr(like, f.name) is not None else None
+                        for f in fields(Condition)})
 
 
 def _batch_size(inputs: ModelInputs) -> int:

@@ -36,6 +36,11 @@ SCHEDULERS: dict[str, tuple[type[SchedulerMixin], dict[str, Any]]] = {
 LEARNED_VARIANCE_TYPES = ("learned", "learned_range")
 """``variance_type`` values with which a diffusers scheduler reads a learned variance from the model output."""
 
+VARIANCE_READERS = ("DDPMScheduler", "DDPMParallelScheduler")
+"""Schedulers that split a learned variance off by the sample's channels. diffusers' DPM-Solver and SA-Solver
+take ``variance_type`` too but keep the first three channels (``model_output[:, :3]``, the DiT sampler's
+quirk), which is wrong for four-channel latents; they get the epsilon half with ``variance_type=None``."""
+
 
 def is_flow_scheduler(scheduler: SchedulerMixin | type[SchedulerMixin]) -> bool:
     """Flow-matching schedulers integrate a velocity; every other one denoises a diffusion (epsilon/v/x0)."""
@@ -47,10 +52,25 @@ def takes_learned_variance(scheduler: SchedulerMixin) -> bool:
     return scheduler.config.get("variance_type") in LEARNED_VARIANCE_TYPES
 
 
+def check_scheduler(scheduler: SchedulerMixin, model_scheduler: SchedulerMixin | None = None) -> None:
+    """Refuse a scheduler that would misread the model: one that keeps only three channels of a learned
+    variance, or one of the other kind (flow matching / diffusion) than the model's ``model_scheduler``."""
+    if takes_learned_variance(scheduler) and type(scheduler).__name__ not in VARIANCE_READERS:
+        raise UserError(f"A {type(scheduler).__name__} with variance_type={scheduler.config.variance_type!r} keeps "
+                        "only three channels of the model output; build it with variance_type=None (the pipeline "
+                        "then gives it the epsilon half) or use DDPM to sample with the learned variance.")
+    if model_scheduler is not None and is_flow_scheduler(scheduler) != is_flow_scheduler(model_scheduler):
+        kind = "flow-matching" if is_flow_scheduler(model_scheduler) else "diffusion (epsilon/v)"
+        matching = [n for n, (c, _) in SCHEDULERS.items() if is_flow_scheduler(c) == is_flow_scheduler(model_scheduler)]
+        raise UserError(f"A {type(scheduler).__name__} does not fit this {kind} model (saved with "
+                        f"{type(model_scheduler).__name__}); choose one of {', '.join(matching)}.")
+
+
 def scheduler_from_name(name: str, current: SchedulerMixin) -> SchedulerMixin:
     """A new scheduler of the kind ``name`` (a short name above or a diffusers class name), built from
     ``current``'s config. A flow-matching model needs a flow-matching scheduler and a diffusion model a
-    diffusion one: crossing over is refused, since the model's prediction would be misread."""
+    diffusion one: crossing over is refused, since the model's prediction would be misread. A learned
+    variance in the saved config reaches only the schedulers that read it correctly (``VARIANCE_READERS``)."""
     if name in SCHEDULERS:
         cls, options = SCHEDULERS[name]
     else:
@@ -58,10 +78,8 @@ def scheduler_from_name(name: str, current: SchedulerMixin) -> SchedulerMixin:
         if not (isinstance(cls, type) and issubclass(cls, SchedulerMixin)):
             raise UserError(f"Unknown scheduler {name!r}; choose one of {', '.join(SCHEDULERS)} or a diffusers "
                             "scheduler class name such as 'DDIMScheduler'.")
+    if cls.__name__ not in VARIANCE_READERS and "variance_type" in current.config:
+        options = {**options, "variance_type": None}
     scheduler = cls.from_config(current.config, **options)
-    if is_flow_scheduler(scheduler) != is_flow_scheduler(current):
-        kind = "flow-matching" if is_flow_scheduler(current) else "diffusion (epsilon/v)"
-        matching = [n for n, (c, _) in SCHEDULERS.items() if is_flow_scheduler(c) == is_flow_scheduler(current)]
-        raise UserError(f"Scheduler {name!r} does not fit this {kind} model (saved with {type(current).__name__}); "
-                        f"choose one of {', '.join(matching)}.")
+    check_scheduler(scheduler, current)
     return scheduler

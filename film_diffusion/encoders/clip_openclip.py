@@ -13,7 +13,7 @@ import open_clip
 import torch
 import torch.nn.functional as F
 import torchvision.transforms.functional as TF
-from diffusers.models.modeling_utils import ModelMixin  # noqa: F401  (see the note below the imports)
+from diffusers.models.modeling_utils import ModelMixin  # noqa: F401  diffusers looks a component's base up here
 from open_clip.tokenizer import SimpleTokenizer
 from safetensors.torch import save_file
 
@@ -21,24 +21,17 @@ from film_diffusion.conditioning.condition import Condition
 from film_diffusion.encoders.base import Layer, TextEncoder, check_layer
 from film_diffusion.errors import UserError
 
-# diffusers' pipeline loader finds a component's load method by looking its base class (ModelMixin) up by
-# name in the module that defines the component, so this module must name it.
-
-
 LOCAL_DIR = "local-dir:"
 CONFIG_FILE = "open_clip_config.json"
 WEIGHTS_FILE = "open_clip_model.safetensors"
 
 
-def _model_config(model_name: str) -> dict:
-    """The architecture behind an open_clip model name: a registered name's config or a folder's."""
+def _model_config(model_name: str) -> dict | None:
+    """The architecture behind an open_clip model name: a registered name's config or a folder's; None
+    where open_clip does not expose it (``hf-hub:`` names)."""
     if model_name.startswith(LOCAL_DIR):
         return json.loads((Path(model_name.removeprefix(LOCAL_DIR)) / CONFIG_FILE).read_text())["model_cfg"]
-    config = open_clip.get_model_config(model_name)
-    if config is None:
-        raise UserError(f"open_clip has no config for model '{model_name}' to save with its weights; load the "
-                        "model by a registered name or from a 'local-dir:' folder to save it.")
-    return config
+    return open_clip.get_model_config(model_name)
 
 
 class OpenCLIP(TextEncoder):
@@ -82,6 +75,7 @@ class OpenCLIP(TextEncoder):
             )
         self.layer = layer
         self.model_name = model_name
+        self._architecture = _model_config(model_name)  # read now: a local-dir folder may be gone at save time
         self.max_length = self.model.context_length
         with torch.no_grad():
             probe = self._encode([""])
@@ -97,13 +91,21 @@ class OpenCLIP(TextEncoder):
 
     def _save_model(self, folder: Path) -> None:
         # open_clip's own folder format, so that OpenCLIP("local-dir:FOLDER") and open_clip itself read it.
-        config = {"model_cfg": _model_config(self.model_name), "preprocess_cfg": dict(self.model.visual.preprocess_cfg)}
+        if self._architecture is None:
+            raise UserError(f"open_clip has no config for model '{self.model_name}' to save with its weights; load "
+                            "the model by a registered name or from a 'local-dir:' folder to save it.")
+        config = {"model_cfg": self._architecture, "preprocess_cfg": dict(self.model.visual.preprocess_cfg)}
         (folder / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n")
         state = {k: v.detach().contiguous() for k, v in self.model.state_dict().items()}
         save_file(state, folder / WEIGHTS_FILE)
 
     @classmethod
     def _load_saved(cls, folder: Path, **options: Any) -> OpenCLIP:
+        # open_clip would only warn about missing weights (and look for pickles): a saved folder must hold them.
+        missing = [name for name in (CONFIG_FILE, WEIGHTS_FILE) if not (folder / name).is_file()]
+        if missing:
+            raise UserError(f"The text encoder folder '{folder}' has no {' or '.join(missing)}; save the encoder "
+                            "(or the pipeline) again.")
         return cls(f"{LOCAL_DIR}{folder}", **options)
 
     def _token_counts(self, captions: list[str]) -> list[int]:

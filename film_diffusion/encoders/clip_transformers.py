@@ -6,15 +6,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from diffusers.models.modeling_utils import ModelMixin  # noqa: F401  (see the note below the imports)
+from diffusers.models.modeling_utils import ModelMixin  # noqa: F401  diffusers looks a component's base up here
 from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
 from film_diffusion.conditioning.condition import Condition
 from film_diffusion.encoders.base import Layer, TextEncoder, check_layer
 from film_diffusion.errors import UserError
-
-# diffusers' pipeline loader finds a component's load method by looking its base class (ModelMixin) up by
-# name in the module that defines the component, so this module must name it.
 
 
 class TransformersCLIP(TextEncoder):
@@ -42,7 +39,7 @@ class TransformersCLIP(TextEncoder):
         model_class = CLIPTextModelWithProjection if use_projection else CLIPTextModel
         try:
             self.tokenizer = CLIPTokenizer.from_pretrained(name_or_path)
-            self.model = model_class.from_pretrained(name_or_path)
+            self.model = model_class.from_pretrained(name_or_path, use_safetensors=True)  # never a pickle
         except OSError as err:
             raise UserError(
                 f"Could not load a CLIP text model from '{name_or_path}' ({err}); pass a hub id or a local "

@@ -19,19 +19,20 @@ masked (a cross-attention site then adds nothing), and a zero pooled vector; ``l
 own trained null (``learned_null_tokens``, PixArt's choice)."""
 
 
-def check_null_condition(kind: str) -> None:
+def check_null_condition(kind: str, learned: LearnedNull | None) -> None:
+    """``kind`` is a known null, and ``learned`` (the model's ``conditioner.learned_null``) exists if it is needed."""
     if kind not in NULL_CONDITIONS:
         raise UserError(f"Unknown null condition {kind!r}; choose one of {', '.join(map(repr, NULL_CONDITIONS))}.")
+    if kind == "learned" and learned is None:
+        raise UserError("null_condition='learned' needs a model built with learned_null_tokens (the encoder's "
+                        "max_length); build it so, or choose the null the model was trained with.")
 
 
 def null_condition(encoder: TextEncoder, kind: str, batch_size: int, learned: LearnedNull | None = None) -> Condition:
     """``batch_size`` copies of the null condition of ``kind``; ``learned`` is the model's
     ``conditioner.learned_null``, which the kind ``learned`` needs."""
-    check_null_condition(kind)
+    check_null_condition(kind, learned)
     if kind == "learned":
-        if learned is None:
-            raise UserError("null_condition='learned' needs a model built with learned_null_tokens (the encoder's "
-                            "max_length); build it so, or choose 'empty_caption'.")
         return learned(batch_size)
     one = encoder.encode([""])
     if kind == "zeros":

@@ -50,6 +50,9 @@ def test_loading_the_wrong_folder_names_the_fix(tmp_path):
         TransformersCLIP.from_pretrained(tmp_path / "enc")
     with pytest.raises(UserError, match="holds no saved text encoder"):
         OpenCLIP.from_pretrained(tmp_path)
+    (tmp_path / "enc" / "open_clip_model.safetensors").rename(tmp_path / "weights")  # open_clip would only warn
+    with pytest.raises(UserError, match="has no open_clip_model.safetensors; save the encoder"):
+        OpenCLIP.from_pretrained(tmp_path / "enc")
     (tmp_path / "enc" / "text_encoder.json").write_text("{oops")
     with pytest.raises(UserError, match="is not valid JSON"):
         OpenCLIP.from_pretrained(tmp_path / "enc")

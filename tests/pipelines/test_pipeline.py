@@ -87,6 +87,17 @@ def test_learned_null_is_the_models_own_and_survives_a_round_trip(tmp_path):
         FilmDiffusionPipeline(short, DDIMScheduler(), text_encoder=encoder)
 
 
+@pytest.mark.parametrize("conditioning", [["cross_attention"], ["film"]])
+def test_learned_null_of_a_model_that_reads_only_tokens_or_only_pooled(conditioning):
+    encoder = builtin_text_pipeline("dit").text_encoder
+    model = text_denoiser("dit", encoder, conditioning=conditioning, learned_null_tokens=encoder.max_length)
+    pipe = FilmDiffusionPipeline(model, DDIMScheduler(), text_encoder=encoder, null_condition="learned")
+    null = model.conditioner.learned_null(2)
+    assert (null.pooled is None) == (conditioning == ["cross_attention"])
+    images = pipe(prompt=PROMPTS, num_inference_steps=2, guidance_scale=3.0, output_type="pt").images
+    assert images.shape == (2, 3, SIZE, SIZE) and torch.isfinite(images).all()
+
+
 def test_class_pipeline_guides_all_four_latent_channels_with_the_models_null_class():
     model = class_denoiser(num_classes=7, channels=4)
     pipe = FilmDiffusionPipeline(model, DDIMScheduler())
@@ -168,7 +179,7 @@ def test_output_types_and_seeded_noise():
     assert (other - pt).abs().max() > 1e-3
 
 
-def test_pipeline_moves_to_a_dtype_and_samples(tmp_path):
+def test_pipeline_moves_to_a_dtype_and_samples():
     pipe = builtin_text_pipeline("dit").to(torch.bfloat16)
     assert pipe.denoiser.dtype == torch.bfloat16 and pipe.text_encoder.dtype == torch.bfloat16
     images = pipe(prompt="a red circle", num_inference_steps=2, output_type="pt").images
@@ -194,10 +205,10 @@ def test_wrong_inputs_are_one_sentence_naming_the_fix(tiny_transformers_clip):
         (lambda: FilmDiffusionPipeline(text.denoiser, DDIMScheduler(), text.text_encoder, null_condition="none"),
          "Unknown null condition 'none'"),
         (lambda: FilmDiffusionPipeline(text.denoiser, DDIMScheduler(), text.text_encoder, null_condition="learned"),
-         "null_condition='learned' needs a denoiser built with learned_null_tokens"),
+         "null_condition='learned' needs a model built with learned_null_tokens"),
         (lambda: text.set_scheduler("nope"), "Unknown scheduler 'nope'; choose one of ddpm, ddim, dpm"),
         (lambda: text.set_scheduler("flow_euler"), "does not fit this diffusion"),
-        (lambda: text.set_scheduler(FlowMatchEulerDiscreteScheduler()), "does not fit a model saved with"),
+        (lambda: text.set_scheduler(FlowMatchEulerDiscreteScheduler()), "does not fit this diffusion"),
     ]
     for call, message in cases:
         with pytest.raises(UserError, match=message):

@@ -3,6 +3,7 @@
 import shutil
 
 import pytest
+import torch
 from diffusers import DDIMScheduler
 from PIL import Image
 from tiny_pipelines import SIZE, builtin_text_pipeline, class_denoiser
@@ -44,6 +45,11 @@ def test_sample_writes_the_grid_and_each_image_and_repeats_bytes(text_folder, tm
         assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes()
     assert main(["sample", *args[:-2], "--seed", "8", "--out", str(tmp_path / "c.png")]) == 0
     assert (tmp_path / "c.png").read_bytes() != (tmp_path / "a" / "grid.png").read_bytes()
+    # A second run into the same place leaves no image of the first one behind, and nothing else is touched.
+    (tmp_path / "a" / "grid" / "notes.md").write_text("mine")
+    assert main(["sample", str(text_folder), "--prompt", "one", "--steps", "1", "--num-per-prompt", "1",
+                 "--out", str(tmp_path / "a" / "grid.png")]) == 0
+    assert sorted(p.name for p in (tmp_path / "a" / "grid").iterdir()) == ["000_00.png", "captions.txt", "notes.md"]
 
 
 def test_sample_class_labels(class_folder, tmp_path):
@@ -77,7 +83,11 @@ def test_sample_errors_are_one_line(text_folder, class_folder, tmp_path, capsys)
         ([str(text_folder), "--prompts-file", str(bad_bytes)], "is not UTF-8 text"),
         ([str(text_folder), "--prompt", "x", "--steps", "0"], "--steps and --num-per-prompt must be at least 1"),
         ([str(text_folder), "--prompt", "x", "--out", str(tmp_path / "grid.gif")], "must end in .png or .jpg"),
+        ([str(text_folder), "--prompt", "x", "--class-label", "1"], "holds a text-conditioned model; pass --prompt"),
+        ([str(text_folder), "--prompt", "x", "--device", "gpu"], "--device 'gpu' is not a device; pass cpu, cuda"),
     ]
+    if not torch.cuda.is_available():
+        cases.append(([str(text_folder), "--prompt", "x", "--device", "cuda"], "this machine has no usable GPU"))
     for args, message in cases:
         assert main(["sample", *args]) == 2, args
         err = capsys.readouterr().err.strip().splitlines()

@@ -2,9 +2,16 @@
 
 import pytest
 import torch
-from diffusers import DDIMScheduler, DDPMScheduler, EulerDiscreteScheduler, FlowMatchEulerDiscreteScheduler
+from diffusers import (
+    DDIMScheduler,
+    DDPMScheduler,
+    DPMSolverMultistepScheduler,
+    EulerDiscreteScheduler,
+    FlowMatchEulerDiscreteScheduler,
+)
 from tiny_pipelines import SIZE, class_denoiser
 
+from film_diffusion.errors import UserError
 from film_diffusion.pipelines import SCHEDULERS, FilmDiffusionPipeline
 
 
@@ -42,3 +49,15 @@ def test_v_prediction_and_flow_models_sample_with_their_schedulers(scheduler):
                   generator=torch.Generator().manual_seed(0)).images
     assert images.shape == (2, 3, SIZE, SIZE) and torch.isfinite(images).all()
     assert images.std() > 0.01  # something other than a constant image came out
+
+
+def test_learned_sigma_latents_give_a_dpm_solver_the_epsilon_half_of_all_four_channels():
+    model = class_denoiser(channels=4, learn_sigma=True)
+    pipe = FilmDiffusionPipeline(model, DDPMScheduler(variance_type="learned_range"))
+    pipe.set_scheduler("dpm++")  # diffusers' DPM-Solver would keep 3 channels of a learned variance
+    assert pipe.scheduler.config.variance_type is None
+    latents = pipe(class_labels=[1, 2], num_inference_steps=3, guidance_scale=2.0, output_type="latent",
+                   generator=torch.Generator().manual_seed(0)).images
+    assert latents.shape == (2, 4, SIZE, SIZE) and torch.isfinite(latents).all()
+    with pytest.raises(UserError, match="keeps only three channels of the model output; build it with variance_type"):
+        pipe.set_scheduler(DPMSolverMultistepScheduler(variance_type="learned_range"))
