@@ -82,12 +82,32 @@ def _add_sample(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", help="cpu, cuda, cuda:1, ... (default: cuda when there is one)")
 
 
+def _train(args: argparse.Namespace) -> None:
+    from film_diffusion.training.config import load_experiment
+    from film_diffusion.training.trainer import train
+
+    run = train(load_experiment(args.config, args.overrides), resume=args.resume)
+    print(f"done: {run} (sample with: film-diffusion sample {run} --prompt ...)")
+
+
+def _add_train(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("config", help="experiment YAML, e.g. configs/quickstart.yaml")
+    parser.add_argument("overrides", nargs="*", help="key=value overrides, e.g. train.max_steps=200 seed=1")
+    parser.add_argument("--resume", metavar="latest|PATH", help="continue from the run's newest complete "
+                        "checkpoint, or from a checkpoints/checkpoint-STEP folder")
+
+
 # name -> (one-line help, add its arguments, run it)
 COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], None]]] = {
     "smoke": (
         "Build every conditioning method on both backbones and run a few forward/backward steps on the CPU.",
         _add_smoke,
         _smoke,
+    ),
+    "train": (
+        "Train a denoiser from an experiment config with Accelerate; the run folder ends with a sampling pipeline.",
+        _add_train,
+        _train,
     ),
     "sample": (
         "Sample captions or class labels from a run or pipeline folder into a labelled grid and image files.",

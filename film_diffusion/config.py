@@ -7,6 +7,7 @@ bad value is one clear sentence naming the key and the fix, never a traceback fr
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import types
 import typing
 from pathlib import Path
@@ -74,9 +75,11 @@ def _build(cls: type, raw: Any, prefix: str) -> Any:
     unknown = sorted(set(raw) - set(known))
     if unknown:
         where = f" in section '{prefix.rstrip('.')}'" if prefix else ""
+        close = difflib.get_close_matches(str(unknown[0]), list(known), n=1)
+        hint = f"did you mean '{prefix}{close[0]}'? " if close else ""
         raise ConfigError(
             f"Unknown config key{'s' if len(unknown) > 1 else ''} {', '.join(repr(prefix + k) for k in unknown)}"
-            f"{where}; valid keys are: {', '.join(sorted(known))}."
+            f"{where}; {hint}valid keys are: {', '.join(sorted(known))}."
         )
     kwargs = {name: _coerce(hints[name], raw[name], prefix + name) for name in known if name in raw}
     try:

@@ -65,6 +65,19 @@ class Condition:
         return Condition(**{f.name: None if getattr(self, f.name) is None else getattr(self, f.name)[index]
                             for f in fields(self)})
 
+    def where(self, replace: torch.Tensor, other: Condition) -> Condition:
+        """Per sample, ``other`` where ``replace [B]`` is True, else this condition (caption dropout). A field
+        ``other`` lacks is dropped: a learned null holds only the inputs its model reads."""
+        out = {}
+        for f in fields(Condition):
+            mine, theirs = getattr(self, f.name), getattr(other, f.name)
+            if mine is None or theirs is None:
+                out[f.name] = None
+                continue
+            pick = replace.view(-1, *([1] * (mine.ndim - 1)))
+            out[f.name] = torch.where(pick, theirs.to(mine.dtype), mine)
+        return Condition(**out)
+
     @staticmethod
     def cat(conditions: list[Condition]) -> Condition:
         """Concatenate along the batch (for classifier-free guidance: conditional and null in one pass)."""

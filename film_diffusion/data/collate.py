@@ -9,8 +9,11 @@ import torch
 
 
 def collate(items: Sequence[dict]) -> dict:
-    """``{"image": [B, 3, H, W], "caption": [str] * B}`` plus ``"objects"`` when the items carry them."""
+    """``{"image": [B, 3, H, W], "caption": [str] * B}`` plus ``"objects"`` and ``"label"`` (``[B]``) when
+    the items carry them."""
     batch = {"image": torch.stack([it["image"] for it in items]), "caption": [it["caption"] for it in items]}
     if "objects" in items[0]:
         batch["objects"] = [it["objects"] for it in items]
+    if "label" in items[0]:
+        batch["label"] = torch.tensor([it["label"] for it in items])
     return batch

@@ -48,13 +48,18 @@ class ImageFolderDataset(Dataset):
                            self.root)  # fmt: skip
         if not self.samples:
             raise UserError(f"No readable image is listed in {self.root / METADATA}; add images or fix the files.")
+        self.transform = self.make_transform(resolution, center_crop, random_flip)
+
+    @staticmethod
+    def make_transform(resolution: int, center_crop: bool, random_flip: bool) -> transforms.Compose:
+        """PIL image -> ``[3, resolution, resolution]`` in [-1, 1]: shorter side resized, square crop."""
         steps = [
             transforms.Resize(resolution, interpolation=transforms.InterpolationMode.BICUBIC, antialias=True),
             transforms.CenterCrop(resolution) if center_crop else transforms.RandomCrop(resolution),
         ]
         if random_flip:
             steps.append(transforms.RandomHorizontalFlip())
-        self.transform = transforms.Compose([*steps, transforms.ToTensor(), transforms.Normalize([0.5], [0.5])])
+        return transforms.Compose([*steps, transforms.ToTensor(), transforms.Normalize([0.5], [0.5])])
 
     def __len__(self) -> int:
         return len(self.samples)

@@ -1,0 +1,203 @@
+"""The experiment config: one dataclass per section, loaded from YAML with ``key.sub=value`` overrides.
+
+Every key is documented on its line here and in ``configs/``; :func:`check_config` refuses what the
+types cannot (a batch that does not divide, a method the backbone cannot take) before anything runs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from film_diffusion.config import ConfigError, load_config
+from film_diffusion.encoders.null import NULL_CONDITIONS
+
+
+@dataclass
+class DiTSize:
+    """Used when ``model.backbone`` is ``dit`` and no ``model.preset`` is set."""
+
+    hidden_size: int = 192
+    depth: int = 6
+    num_heads: int = 6
+    patch_size: int = 2
+    mlp_ratio: float = 4.0
+
+
+@dataclass
+class UNetSize:
+    """Used when ``model.backbone`` is ``unet``."""
+
+    block_out_channels: list[int] = field(default_factory=lambda: [64, 128])
+    layers_per_block: int = 2
+    attention_levels: list[int] = field(default_factory=lambda: [1])  # 0 = full resolution; the middle always has one
+    num_heads: int = 4
+    norm_num_groups: int = 32
+
+
+@dataclass
+class ModelConfig:
+    backbone: Literal["dit", "unet"] = "dit"
+    preset: str | None = None  # a DiT preset ("DiT-S/2", "DiT-XL/2", ...) in place of model.dit
+    dit: DiTSize = field(default_factory=DiTSize)
+    unet: UNetSize = field(default_factory=UNetSize)
+    conditioning: list[Any] = field(default_factory=lambda: ["film"])  # method names or {name: ..., options}
+    timestep_route: Literal["native", "with_condition"] = "native"
+    learn_sigma: bool = False  # DiT only: also predict the variance (hybrid loss, as the DiT paper)
+
+
+@dataclass
+class ConditionConfig:
+    source: Literal["builtin_clip", "transformers", "open_clip", "class_labels"] = "builtin_clip"
+    name: str | None = None  # transformers: hub id or folder; open_clip: model name (or local-dir:FOLDER)
+    pretrained: str | None = None  # open_clip: pretrained tag or checkpoint file
+    layer: Literal["last", "penultimate"] = "last"
+    use_projection: bool = True  # transformers: pooled = the projected text embedding
+    max_length: int = 77  # transformers: token context
+    num_classes: int | None = None  # class_labels: how many classes (the null class is one more)
+    cache: bool = True  # encode each distinct caption once per run (frozen encoders)
+
+
+@dataclass
+class DataConfig:
+    name: Literal["shapes", "folder"] = "shapes"
+    resolution: int = 32
+    root: Path | None = None  # folder: images with metadata.jsonl
+    center_crop: bool = True  # folder
+    random_flip: bool = False  # folder
+    seed: int = 0  # shapes: which scenes
+    min_objects: int = 1  # shapes
+    max_objects: int = 3  # shapes
+    holdout: list[list[str]] = field(default_factory=list)  # shapes: [colour, shape] pairs kept out of training
+    templates: list[str] | None = None  # shapes: caption wordings (default: all)
+    length: int | None = None  # shapes: scenes per epoch (default: the split's size)
+    num_workers: int = 0
+
+
+@dataclass
+class VaeConfig:
+    name_or_path: str | None = None  # an AutoencoderKL hub id or folder; None: pixel space
+    subfolder: str | None = None  # e.g. "vae" inside a pipeline repository
+
+
+@dataclass
+class ObjectiveConfig:
+    prediction: Literal["epsilon", "v", "flow"] = "epsilon"  # flow: rectified flow, velocity noise - x0
+    num_train_timesteps: int = 1000
+    beta_schedule: Literal["linear", "scaled_linear", "squaredcos_cap_v2"] = "linear"  # epsilon / v
+    min_snr_gamma: float | None = None  # epsilon / v: min-SNR loss weighting (5 is the paper's)
+    noise_offset: float = 0.0  # add offset * N(0, 1) per image and channel to the noise
+    logit_mean: float = 0.0  # flow: timesteps sigma = sigmoid(N(logit_mean, logit_std)), as SD3
+    logit_std: float = 1.0
+
+
+@dataclass
+class TrainConfig:
+    max_steps: int = 1000  # optimizer steps
+    batch_size: int = 32  # images per optimizer step, over all processes and accumulation steps
+    gradient_accumulation_steps: int = 1
+    lr: float = 1e-3
+    lr_scheduler: Literal["constant", "constant_with_warmup", "linear", "cosine"] = "constant_with_warmup"
+    warmup_steps: int = 100  # optimizer steps
+    adam_beta1: float = 0.9
+    adam_beta2: float = 0.999
+    weight_decay: float = 0.0
+    max_grad_norm: float | None = 1.0  # None: no clipping
+    mixed_precision: Literal["no", "bf16", "fp16"] = "no"
+    compile: bool = False  # torch.compile the denoiser
+    ema_decay: float = 0.9999
+    caption_dropout: float = 0.1  # share of training examples given the null condition (for guidance)
+    null_condition: str = "empty_caption"  # empty_caption | learned | zeros (text); class models: the null class
+    log_every: int = 10
+    sample_every: int = 500  # 0: never
+    eval_every: int = 0  # 0: never
+    checkpoint_every: int = 500  # 0: only at the end
+    checkpoints_total_limit: int | None = 2  # keep the newest N checkpoints; None: all
+
+
+@dataclass
+class SampleConfig:
+    scheduler: str | None = None  # the pipeline's scheduler by name; None: ddim, or flow_euler for flow
+    steps: int = 50
+    guidance_scale: float = 3.0
+    captions: list[str] = field(default_factory=lambda: [
+        "a big red circle at the top left", "a small blue square in the centre", "a big green star at the bottom right",
+        "a small yellow triangle at the top right"])  # text models: the grid's rows
+    class_labels: list[int] = field(default_factory=lambda: [0, 1, 2, 3])  # class models: the grid's rows
+    per_caption: int = 4  # images per row
+
+
+@dataclass
+class ExperimentConfig:
+    seed: int = 0
+    output_dir: Path = Path("runs/experiment")
+    model: ModelConfig = field(default_factory=ModelConfig)
+    condition: ConditionConfig = field(default_factory=ConditionConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    vae: VaeConfig = field(default_factory=VaeConfig)
+    objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    sample: SampleConfig = field(default_factory=SampleConfig)
+
+
+def load_experiment(source: str | Path | dict | None, overrides: list[str] | tuple[str, ...] = ()) -> ExperimentConfig:
+    config = load_config(source, ExperimentConfig, overrides)
+    check_config(config)
+    return config
+
+
+def check_config(config: ExperimentConfig, num_processes: int = 1) -> None:
+    """What the types cannot say, one sentence per mistake, naming the key."""
+    model, train, objective, condition = config.model, config.train, config.objective, config.condition
+    data = config.data
+    positive = {"train.max_steps": train.max_steps, "train.batch_size": train.batch_size,
+                "train.gradient_accumulation_steps": train.gradient_accumulation_steps,
+                "objective.num_train_timesteps": objective.num_train_timesteps, "sample.steps": config.sample.steps,
+                "sample.per_caption": config.sample.per_caption, "train.log_every": train.log_every}
+    for key, value in positive.items():
+        if value < 1:
+            raise ConfigError(f"Config key '{key}' is {value}; it must be at least 1.")
+    for key in ("sample_every", "eval_every", "checkpoint_every", "warmup_steps"):
+        if getattr(train, key) < 0:
+            raise ConfigError(f"Config key 'train.{key}' is {getattr(train, key)}; use 0 or more.")
+    if not 0 <= train.caption_dropout < 1:
+        raise ConfigError(f"Config key 'train.caption_dropout' is {train.caption_dropout}; choose a value in [0, 1).")
+    if not 0 <= train.ema_decay < 1:
+        raise ConfigError(f"Config key 'train.ema_decay' is {train.ema_decay}; choose a value in [0, 1).")
+    if train.lr <= 0:
+        raise ConfigError(f"Config key 'train.lr' is {train.lr}; it must be positive.")
+    shards = num_processes * train.gradient_accumulation_steps
+    if train.batch_size % shards:
+        raise ConfigError(f"Config key 'train.batch_size' is {train.batch_size}, which does not split into "
+                          f"{num_processes} process(es) x {train.gradient_accumulation_steps} accumulation step(s); "
+                          f"choose a multiple of {shards}.")
+    if train.null_condition not in NULL_CONDITIONS:
+        raise ConfigError(f"Config key 'train.null_condition' is {train.null_condition!r}; choose one of "
+                          f"{', '.join(map(repr, NULL_CONDITIONS))}.")
+    if model.learn_sigma and model.backbone != "dit":
+        raise ConfigError("Config key 'model.learn_sigma' is true, but only the DiT learns sigma; set it to false "
+                          "or use model.backbone=dit.")
+    if model.learn_sigma and objective.prediction != "epsilon":
+        raise ConfigError(f"Config key 'model.learn_sigma' needs objective.prediction=epsilon (the hybrid loss of "
+                          f"improved DDPM), not {objective.prediction!r}.")
+    if objective.min_snr_gamma is not None and objective.prediction == "flow":
+        raise ConfigError("Config key 'objective.min_snr_gamma' applies to epsilon and v prediction, not flow; "
+                          "remove it.")
+    if model.preset is not None and model.backbone != "dit":
+        raise ConfigError("Config key 'model.preset' names a DiT preset; remove it for model.backbone=unet.")
+    if condition.source == "class_labels":
+        if condition.num_classes is None or condition.num_classes < 1:
+            raise ConfigError("Config key 'condition.num_classes' is required (at least 1) with "
+                              "condition.source=class_labels.")
+        if train.null_condition == "learned":
+            raise ConfigError("Config key 'train.null_condition' is 'learned', but a class-label model's null is its "
+                              "null class; remove the key.")
+    elif condition.source in ("transformers", "open_clip") and not condition.name:
+        raise ConfigError(f"Config key 'condition.name' is required with condition.source={condition.source} "
+                          "(a hub id, a folder or an open_clip model name).")
+    if data.name == "folder" and data.root is None:
+        raise ConfigError("Config key 'data.root' is required with data.name=folder (the image folder with "
+                          "metadata.jsonl).")
+    if data.num_workers < 0:
+        raise ConfigError(f"Config key 'data.num_workers' is {data.num_workers}; use 0 or more.")

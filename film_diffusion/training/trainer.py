@@ -1,0 +1,318 @@
+"""``film-diffusion train``: one Accelerate loop for every backbone and conditioning method.
+
+Read :func:`train` top to bottom: build everything from the config (a mistake stops here, before any
+file is written), restore a checkpoint if asked, then per optimizer step: accumulate micro-batches,
+clip, step, update the EMA, log, sample, checkpoint. The end of the run is the EMA model saved as a
+sampling pipeline folder (``RUN/pipeline``). The small helpers beside it each do one thing.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import shutil
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import torch
+import yaml
+from accelerate import Accelerator
+from accelerate.utils import ProjectConfiguration, set_seed
+from diffusers.optimization import get_scheduler
+from diffusers.training_utils import EMAModel
+from torch.utils.data import DataLoader, Sampler
+from tqdm.auto import tqdm
+
+from film_diffusion.config import config_to_dict
+from film_diffusion.cpu_memory import keep_freed_memory
+from film_diffusion.data.collate import collate
+from film_diffusion.encoders import EmbeddingCache, TextEncoder
+from film_diffusion.encoders.null import null_condition
+from film_diffusion.errors import UserError
+from film_diffusion.grid import labelled_grid
+from film_diffusion.pipelines import FilmDiffusionPipeline
+from film_diffusion.pipelines.schedulers import scheduler_from_name
+from film_diffusion.training.build import build_dataset, build_denoiser, build_encoder, build_vae, latent_shape
+from film_diffusion.training.checkpoints import checkpoint_step, resolve_resume, save_checkpoint
+from film_diffusion.training.config import ExperimentConfig, check_config
+from film_diffusion.training.objectives import diffusion_loss, noise_scheduler, noisy_batch
+from film_diffusion.training.randomness import ShardedRandom
+
+METRICS = "metrics.jsonl"
+
+
+def train(config: ExperimentConfig, resume: str | None = None) -> Path:
+    """Train as ``config`` says; ``resume``: ``"latest"`` or a checkpoint folder. Returns the run folder."""
+    run = Path(config.output_dir)
+    tc = config.train
+    accelerator = Accelerator(mixed_precision=tc.mixed_precision, log_with="tensorboard",
+                              project_config=ProjectConfiguration(project_dir=str(run), logging_dir=str(run / "logs")))
+    check_config(config, accelerator.num_processes)
+    start_from = resolve_resume(run, resume)
+    if start_from is None and (run / "config.yaml").exists():
+        hint = "it has no complete checkpoint yet; delete it to start over" if resume else "pass --resume latest"
+        raise UserError(f"output_dir '{run}' already holds a run; {hint}, or choose another output_dir.")
+    if accelerator.device.type == "cpu":
+        keep_freed_memory()
+
+    # Everything is built before anything is written: a config mistake leaves no trace.
+    set_seed(config.seed)
+    encoder = build_encoder(config.condition)
+    vae = build_vae(config.vae)
+    channels, size = latent_shape(config, vae)
+    model = build_denoiser(config, channels, size, getattr(encoder, "token_dim", None),
+                           getattr(encoder, "pooled_dim", None), getattr(encoder, "max_length", None))
+    dataset = build_dataset(config.data, config.condition)
+    scheduler = noise_scheduler(config.objective, config.model.learn_sigma, pixel_space=vae is None)
+    sample_scheduler = scheduler_from_name(config.sample.scheduler or _default_sampler(config), scheduler)
+
+    if accelerator.is_main_process:
+        run.mkdir(parents=True, exist_ok=True)
+        (run / "config.yaml").write_text(yaml.safe_dump(_plain(config_to_dict(config)), sort_keys=False))
+    device = accelerator.device
+    for frozen in (encoder, vae):
+        if frozen is not None:
+            frozen.to(device)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=tc.lr, betas=(tc.adam_beta1, tc.adam_beta2),
+                                  weight_decay=tc.weight_decay)
+    # The lr schedule counts optimizer steps and is stepped once per step by us, whatever the process count.
+    lr_schedule = get_scheduler(tc.lr_scheduler, optimizer, num_warmup_steps=tc.warmup_steps,
+                                num_training_steps=tc.max_steps)
+    if tc.compile:
+        model = torch.compile(model)
+    model, optimizer = accelerator.prepare(model, optimizer)
+    denoiser = accelerator.unwrap_model(model)
+    ema = EMAModel(denoiser.parameters(), decay=tc.ema_decay)
+    random = ShardedRandom(config.seed, accelerator.process_index, accelerator.num_processes, device)
+    progress = RunProgress()
+    accelerator.register_for_checkpointing(lr_schedule, ema, random, progress)
+    if start_from is not None:
+        accelerator.load_state(str(start_from))
+        if progress.step != checkpoint_step(start_from):
+            raise UserError(f"Checkpoint '{start_from}' records step {progress.step}, not its name's; it is damaged.")
+        if accelerator.is_main_process:
+            _truncate_metrics(run / METRICS, progress.step)
+            print(f"Resuming from {start_from} at step {progress.step}.")
+    accelerator.init_trackers("film-diffusion")
+
+    accum = tc.gradient_accumulation_steps
+    micro = tc.batch_size // (accelerator.num_processes * accum)
+    sampler = StreamSampler(len(dataset), micro, accelerator.process_index, accelerator.num_processes,
+                            seed=config.seed, start=progress.step * accum)
+    batches = iter(DataLoader(dataset, batch_size=micro, sampler=sampler, collate_fn=collate,
+                              num_workers=config.data.num_workers))
+    conditions = ConditionMaker(encoder, config, denoiser, device)
+
+    bar = tqdm(total=tc.max_steps, initial=progress.step, desc="training", disable=not accelerator.is_main_process)
+    tick = time.perf_counter()
+    while progress.step < tc.max_steps:
+        model.train()
+        step_loss = torch.zeros((), device=device)
+        for i in range(accum):
+            batch = next(batches)
+            sync = contextlib.nullcontext() if i == accum - 1 else accelerator.no_sync(model)
+            with sync:
+                x0 = _encode_images(vae, batch["image"].to(device), random)
+                inputs = conditions(batch, random.rand(len(x0)) < tc.caption_dropout)
+                noisy = noisy_batch(config.objective, scheduler, x0, random)
+                with accelerator.autocast():
+                    prediction = model(noisy.x_t, noisy.timesteps, **inputs).sample
+                loss = diffusion_loss(prediction, noisy, x0, scheduler)
+                accelerator.backward(loss / accum)
+            step_loss += loss.detach() / accum
+        loss_value = accelerator.reduce(step_loss, "mean").item()  # the same on every process
+        if not math.isfinite(loss_value):
+            raise UserError(f"The loss became {loss_value} at step {progress.step + 1}; the run stopped and its "
+                            "checkpoints are untouched. Lower train.lr, set train.max_grad_norm, or use bf16 "
+                            "rather than fp16.")
+        grad_norm = accelerator.clip_grad_norm_(model.parameters(), tc.max_grad_norm) if tc.max_grad_norm else None
+        optimizer.step()
+        lr_schedule.step()
+        optimizer.zero_grad(set_to_none=True)
+        ema.step(denoiser.parameters())
+        progress.step += 1
+        progress.add_loss(loss_value)
+        bar.update(1)
+
+        if progress.step % tc.log_every == 0 or progress.step == tc.max_steps:
+            seconds, tick = time.perf_counter() - tick, time.perf_counter()
+            row = {"step": progress.step, "loss": progress.take_mean_loss(), "lr": lr_schedule.get_last_lr()[0],
+                   "grad_norm": None if grad_norm is None else float(grad_norm),
+                   "images_per_s": tc.batch_size * tc.log_every / seconds}
+            bar.set_postfix(loss=f"{row['loss']:.4f}", img_s=f"{row['images_per_s']:.1f}")
+            accelerator.log({k: v for k, v in row.items() if k != "step" and v is not None}, step=progress.step)
+            if accelerator.is_main_process:
+                with open(run / METRICS, "a") as f:
+                    f.write(json.dumps(row) + "\n")
+        if tc.sample_every and progress.step % tc.sample_every == 0 and accelerator.is_main_process:
+            with ema_weights(ema, denoiser):
+                write_samples(run, progress.step, make_pipeline(denoiser, sample_scheduler, encoder, vae, config),
+                              config, accelerator)
+        if (tc.checkpoint_every and progress.step % tc.checkpoint_every == 0) or progress.step == tc.max_steps:
+            save_checkpoint(accelerator, run, progress.step, tc.checkpoints_total_limit)
+    bar.close()
+
+    if accelerator.is_main_process:
+        with ema_weights(ema, denoiser):
+            save_pipeline(run / "pipeline", make_pipeline(denoiser, sample_scheduler, encoder, vae, config))
+    accelerator.wait_for_everyone()
+    accelerator.end_training()
+    return run
+
+
+class RunProgress:
+    """The step and the loss of the log window in progress: checkpointed, so a resumed run logs the
+    same rows as one that never stopped."""
+
+    def __init__(self) -> None:
+        self.step = 0
+        self.loss_sum = 0.0
+        self.loss_count = 0
+
+    def add_loss(self, value: float) -> None:
+        self.loss_sum += value
+        self.loss_count += 1
+
+    def take_mean_loss(self) -> float:
+        mean = self.loss_sum / self.loss_count
+        self.loss_sum, self.loss_count = 0.0, 0
+        return mean
+
+    def state_dict(self) -> dict:
+        return {"step": self.step, "loss_sum": self.loss_sum, "loss_count": self.loss_count}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.step, self.loss_sum, self.loss_count = state["step"], state["loss_sum"], state["loss_count"]
+
+
+class StreamSampler(Sampler[int]):
+    """An endless stream of dataset indices, reshuffled each epoch from the seed; process ``rank`` of
+    ``world`` takes its slice of each global micro-batch. ``start`` (micro-steps already taken) resumes
+    mid-epoch at the very next index, without reading the skipped ones."""
+
+    def __init__(self, length: int, micro_batch: int, rank: int, world: int, seed: int, start: int = 0):
+        self.length, self.micro_batch, self.rank, self.world = length, micro_batch, rank, world
+        self.seed, self.start = seed, start
+        self._order: tuple[int, torch.Tensor] | None = None
+
+    def _epoch_order(self, epoch: int) -> torch.Tensor:
+        if self._order is None or self._order[0] != epoch:
+            order = torch.randperm(self.length, generator=torch.Generator().manual_seed(self.seed + epoch))
+            self._order = (epoch, order)
+        return self._order[1]
+
+    def __iter__(self) -> Iterator[int]:
+        k = self.start
+        while True:
+            first = (k * self.world + self.rank) * self.micro_batch
+            for position in range(first, first + self.micro_batch):
+                epoch, offset = divmod(position, self.length)
+                yield int(self._epoch_order(epoch)[offset])
+            k += 1
+
+
+class ConditionMaker:
+    """A batch's captions or labels -> the denoiser's condition keywords, with caption dropout replacing
+    the dropped samples' condition by the null one the pipeline samples with."""
+
+    def __init__(self, encoder: TextEncoder | None, config: ExperimentConfig, denoiser: torch.nn.Module,
+                 device: torch.device):
+        self.encoder = EmbeddingCache(encoder) if encoder is not None and config.condition.cache else encoder
+        self.null_kind = config.train.null_condition
+        self.denoiser, self.device = denoiser, device
+
+    def __call__(self, batch: dict, drop: torch.Tensor) -> dict:
+        if self.encoder is None:
+            labels = batch["label"].to(self.device)
+            return {"class_labels": torch.where(drop, self.denoiser.null_class_label, labels)}
+        cond = self.encoder.encode(batch["caption"]).to(self.device)
+        learned = self.denoiser.conditioner.learned_null
+        null = null_condition(self.encoder, self.null_kind, len(drop), learned=learned)
+        return {"condition": cond.where(drop, null.to(self.device))}
+
+
+def _encode_images(vae, images: torch.Tensor, random: ShardedRandom) -> torch.Tensor:
+    """Pixels in pixel space; otherwise a latent drawn from the VAE's posterior with the run's generator."""
+    if vae is None:
+        return images
+    with torch.no_grad():
+        posterior = vae.encode(images.to(vae.dtype)).latent_dist
+        latents = posterior.mean + posterior.std * random.randn(tuple(posterior.mean.shape)).to(posterior.mean.dtype)
+    shift = vae.config.get("shift_factor") or 0.0
+    return ((latents - shift) * vae.config.scaling_factor).float()
+
+
+@contextlib.contextmanager
+def ema_weights(ema: EMAModel, model: torch.nn.Module) -> Iterator[None]:
+    """The EMA weights in ``model`` for the block, the training weights back afterwards (and the mode)."""
+    was_training = model.training
+    ema.store(model.parameters())
+    ema.copy_to(model.parameters())
+    model.eval()
+    try:
+        yield
+    finally:
+        ema.restore(model.parameters())
+        model.train(was_training)
+
+
+def make_pipeline(denoiser, scheduler, encoder, vae, config: ExperimentConfig) -> FilmDiffusionPipeline:
+    null = config.train.null_condition if encoder is not None else "empty_caption"
+    return FilmDiffusionPipeline(denoiser, scheduler, text_encoder=encoder, vae=vae, null_condition=null)
+
+
+def write_samples(run: Path, step: int, pipe: FilmDiffusionPipeline, config: ExperimentConfig,
+                  accelerator: Accelerator) -> Path:
+    """The same captions (or labels) and the same noise at every step: ``samples/step-STEP.png``."""
+    sample = config.sample
+    text = pipe.text_encoder is not None
+    rows = sample.captions if text else sample.class_labels
+    inputs = {"prompt": rows} if text else {"class_labels": rows}
+    pipe.set_progress_bar_config(disable=True)
+    images = pipe(**inputs, num_inference_steps=sample.steps, guidance_scale=sample.guidance_scale,
+                  num_images_per_prompt=sample.per_caption,
+                  generator=torch.Generator(pipe.device).manual_seed(config.seed)).images
+    n = sample.per_caption
+    grid = labelled_grid([images[i * n:(i + 1) * n] for i in range(len(rows))],
+                         [str(r) if text else f"class {r}" for r in rows])
+    path = run / "samples" / f"step-{step:06d}.png"
+    path.parent.mkdir(exist_ok=True)
+    grid.save(path)
+    accelerator.get_tracker("tensorboard").writer.add_image("samples", torch.from_numpy(np.array(grid)),
+                                                            step, dataformats="HWC")
+    return path
+
+
+def save_pipeline(folder: Path, pipe: FilmDiffusionPipeline) -> None:
+    """Written beside the final name and renamed when complete, so a folder named ``pipeline`` is whole."""
+    partial = folder.with_name(folder.name + ".partial")
+    if partial.exists():
+        shutil.rmtree(partial)
+    pipe.save_pretrained(partial)
+    if folder.exists():
+        shutil.rmtree(folder)
+    os.replace(partial, folder)
+
+
+def _default_sampler(config: ExperimentConfig) -> str:
+    return "flow_euler" if config.objective.prediction == "flow" else "ddim"
+
+
+def _truncate_metrics(path: Path, step: int) -> None:
+    """Drop rows logged after the checkpoint a run resumes from: they will be logged again."""
+    if path.exists():
+        rows = [line for line in path.read_text().splitlines() if line and json.loads(line)["step"] <= step]
+        path.write_text("".join(row + "\n" for row in rows))
+
+
+def _plain(value):
+    """Paths as strings, for YAML."""
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_plain(v) for v in value]
+    return str(value) if isinstance(value, Path) else value
