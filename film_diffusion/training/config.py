@@ -1,5 +1,7 @@
 """The experiment config: one dataclass per section, loaded from YAML with ``key.sub=value`` overrides.
 
+The defaults are the quickstart (``configs/quickstart.yaml`` spells every key out with its meaning).
+
 Every key is documented on its line here and in ``configs/``; :func:`check_config` refuses what the
 types cannot (a batch that does not divide, a method the backbone cannot take) before anything runs.
 """
@@ -18,9 +20,9 @@ from film_diffusion.encoders.null import NULL_CONDITIONS
 class DiTSize:
     """Used when ``model.backbone`` is ``dit`` and no ``model.preset`` is set."""
 
-    hidden_size: int = 192
-    depth: int = 6
-    num_heads: int = 6
+    hidden_size: int = 128
+    depth: int = 4
+    num_heads: int = 4
     patch_size: int = 2
     mlp_ratio: float = 4.0
 
@@ -68,9 +70,9 @@ class DataConfig:
     random_flip: bool = False  # folder
     seed: int = 0  # shapes: which scenes
     min_objects: int = 1  # shapes
-    max_objects: int = 3  # shapes
+    max_objects: int = 1  # shapes
     holdout: list[list[str]] = field(default_factory=list)  # shapes: [colour, shape] pairs kept out of training
-    templates: list[str] | None = None  # shapes: caption wordings (default: all)
+    templates: list[str] | None = field(default_factory=lambda: ["full"])  # shapes: wordings; None: all
     length: int | None = None  # shapes: scenes per epoch (default: the split's size)
     num_workers: int = 0
 
@@ -94,25 +96,25 @@ class ObjectiveConfig:
 
 @dataclass
 class TrainConfig:
-    max_steps: int = 1000  # optimizer steps
+    max_steps: int = 300  # optimizer steps
     batch_size: int = 32  # images per optimizer step, over all processes and accumulation steps
     gradient_accumulation_steps: int = 1
     lr: float = 1e-3
     lr_scheduler: Literal["constant", "constant_with_warmup", "linear", "cosine"] = "constant_with_warmup"
-    warmup_steps: int = 100  # optimizer steps
+    warmup_steps: int = 50  # optimizer steps
     adam_beta1: float = 0.9
     adam_beta2: float = 0.999
     weight_decay: float = 0.0
     max_grad_norm: float | None = 1.0  # None: no clipping
     mixed_precision: Literal["no", "bf16", "fp16"] = "no"
     compile: bool = False  # torch.compile the denoiser
-    ema_decay: float = 0.9999
+    ema_decay: float = 0.999
     caption_dropout: float = 0.1  # share of training examples given the null condition (for guidance)
     null_condition: str = "empty_caption"  # empty_caption | learned | zeros (text); class models: the null class
     log_every: int = 10
-    sample_every: int = 500  # 0: never
+    sample_every: int = 100  # 0: never
     eval_every: int = 0  # 0: never
-    checkpoint_every: int = 500  # 0: only at the end
+    checkpoint_every: int = 100  # 0: only at the end
     checkpoints_total_limit: int | None = 2  # keep the newest N checkpoints; None: all
 
 

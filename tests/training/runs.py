@@ -1,0 +1,24 @@
+"""Tiny training runs for the trainer tests: small models, batches and scenes, no sample grids."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from film_diffusion.training.config import ExperimentConfig, load_experiment
+from film_diffusion.training.trainer import train
+
+REPO = Path(__file__).resolve().parents[2]
+CONFIGS = REPO / "configs"
+
+TINY = ["model.dit.hidden_size=32", "model.dit.depth=2", "model.dit.num_heads=4",
+        "model.unet.block_out_channels=[16,32]", "model.unet.num_heads=2", "model.unet.norm_num_groups=8",
+        "data.resolution=16", "data.length=24", "train.batch_size=4", "train.sample_every=0", "train.warmup_steps=2",
+        "sample.steps=2", "sample.per_caption=1", "train.log_every=1"]
+
+
+def tiny_config(output_dir: Path, *overrides: str, source: str | Path | dict | None = None) -> ExperimentConfig:
+    return load_experiment(source or {}, [*TINY, f"output_dir={output_dir}", *overrides])
+
+
+def tiny_run(output_dir: Path, *overrides: str, resume: str | None = None) -> Path:
+    return train(tiny_config(output_dir, *overrides), resume=resume)

@@ -1,0 +1,46 @@
+"""Every shipped config loads; the built-in ones train 2 steps; the full-size ones build on the meta device."""
+
+import pytest
+import torch
+from runs import CONFIGS, TINY
+
+from film_diffusion.training.build import build_denoiser, latent_shape
+from film_diffusion.training.config import load_experiment
+from film_diffusion.training.trainer import train
+
+FULL_SIZE = {"dit_xl2_imagenet": 674.8, "pixart_like": 798.6, "sd_unet": 835.7}  # millions of parameters
+CLIP_L = {"token_dim": 768, "pooled_dim": 768, "max_length": 77}  # what openai/clip-vit-large-patch14 reports
+BUILT_IN = sorted(p.stem for p in CONFIGS.glob("*.yaml") if p.stem not in FULL_SIZE and p.stem != "clip_builtin")
+
+
+def test_the_built_in_configs_are_the_quickstart_and_one_per_method_and_backbone():
+    methods = ["film", "adaln_zero", "cross_attention", "concat", "adaln_zero_cross_attention",
+               "film_cross_attention"]
+    assert BUILT_IN == sorted(["quickstart"] + [f"{b}_{m}" for b in ("dit", "unet") for m in methods])
+
+
+@pytest.mark.parametrize("name", BUILT_IN)
+def test_built_in_config_trains_two_steps_and_leaves_a_pipeline(name, tmp_path):
+    config = load_experiment(CONFIGS / f"{name}.yaml", [f"output_dir={tmp_path / 'run'}", "train.max_steps=2",
+                                                        "train.batch_size=4", "train.sample_every=0"])
+    run = train(config)
+    assert (run / "pipeline" / "model_index.json").is_file() and (run / "checkpoints" / "checkpoint-2").is_dir()
+    assert len((run / "metrics.jsonl").read_text().splitlines()) == 1  # logged at the last step
+
+
+@pytest.mark.parametrize("name", sorted(FULL_SIZE))
+def test_full_size_recipe_loads_and_builds_on_the_meta_device(name):
+    config = load_experiment(CONFIGS / f"{name}.yaml")
+    text = config.condition.source != "class_labels"
+    channels, size = 4, config.data.resolution // 8  # SD-VAE latents
+    with torch.device("meta"):
+        model = build_denoiser(config, channels, size, **(CLIP_L if text else dict.fromkeys(CLIP_L)))
+    assert round(sum(p.numel() for p in model.parameters()) / 1e6, 1) == FULL_SIZE[name]
+    assert next(model.parameters()).device.type == "meta"
+
+
+def test_latent_shape_follows_the_vae(tiny_vae_folder):
+    config = load_experiment({}, [*TINY, f"vae.name_or_path={tiny_vae_folder}", "data.resolution=16"])
+    from film_diffusion.training.build import build_vae
+
+    assert latent_shape(config, build_vae(config.vae)) == (4, 8)

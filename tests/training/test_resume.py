@@ -1,0 +1,103 @@
+"""Resume is exact: a run killed after a checkpoint and resumed ends identical to one that never stopped."""
+
+import json
+import shutil
+
+import pytest
+import torch
+from runs import tiny_run
+from safetensors.torch import load_file
+
+from film_diffusion.errors import UserError
+from film_diffusion.training import trainer
+from film_diffusion.training.checkpoints import save_checkpoint
+
+# 6 optimizer steps of 2 accumulated micro-batches over 24 scenes: epochs end mid-step-run, so the resume
+# at step 3 lands mid-epoch (micro-batch 6 of 12) with a log window in progress (log_every=2).
+RUN = ["train.max_steps=6", "train.gradient_accumulation_steps=2", "train.checkpoint_every=3", "train.log_every=2",
+       "train.checkpoints_total_limit=null", "train.null_condition=learned", "train.caption_dropout=0.5"]
+
+
+class Killed(Exception):
+    pass
+
+
+def kill_after_checkpoint(monkeypatch, step: int) -> None:
+    """The process dies right after checkpoint ``step`` is complete, as a kill would leave it."""
+
+    def save_then_die(accelerator, run, saved_step, keep):
+        path = save_checkpoint(accelerator, run, saved_step, keep)
+        if saved_step == step:
+            raise Killed
+        return path
+
+    monkeypatch.setattr(trainer, "save_checkpoint", save_then_die)
+
+
+def states(run):
+    checkpoint = run / "checkpoints" / "checkpoint-6"
+    return {
+        "model": load_file(checkpoint / "model.safetensors"),
+        "optimizer": torch.load(checkpoint / "optimizer.bin", weights_only=True),
+        "custom": [torch.load(checkpoint / f"custom_checkpoint_{i}.pkl", weights_only=False) for i in range(4)],
+        # every logged number but the wall-clock speed
+        "metrics": [{k: v for k, v in json.loads(line).items() if k != "images_per_s"}
+                    for line in (run / "metrics.jsonl").read_text().splitlines()],
+        "pipeline": load_file(run / "pipeline" / "denoiser" / "diffusion_pytorch_model.safetensors"),
+    }
+
+
+def assert_equal(a, b, where=""):
+    if isinstance(a, torch.Tensor):
+        assert torch.equal(a, b), where
+    elif isinstance(a, dict):
+        assert a.keys() == b.keys(), where
+        for k in a:
+            assert_equal(a[k], b[k], f"{where}.{k}")
+    elif isinstance(a, (list, tuple)):
+        assert len(a) == len(b), where
+        for i, (x, y) in enumerate(zip(a, b, strict=True)):
+            assert_equal(x, y, f"{where}[{i}]")
+    else:
+        assert a == b, where
+
+
+def test_killed_and_resumed_run_equals_an_uninterrupted_one(tmp_path, monkeypatch):
+    whole = tiny_run(tmp_path / "whole", *RUN)
+    kill_after_checkpoint(monkeypatch, 3)
+    with pytest.raises(Killed):
+        tiny_run(tmp_path / "killed", *RUN)
+    monkeypatch.undo()
+    assert not (tmp_path / "killed" / "pipeline").exists()
+    resumed = tiny_run(tmp_path / "killed", *RUN, resume="latest")
+    a, b = states(whole), states(resumed)
+    assert_equal(a, b)  # weights, optimizer, lr schedule, EMA, generator, step, log rows, final EMA pipeline
+    assert [row["step"] for row in a["metrics"]] == [2, 4, 6]
+    ema_state = a["custom"][1]
+    assert ema_state["optimization_step"] == 6
+
+
+def test_resume_latest_skips_a_half_written_checkpoint_and_refuses_a_finished_folder(tmp_path, monkeypatch, capsys):
+    kill_after_checkpoint(monkeypatch, 3)
+    with pytest.raises(Killed):
+        tiny_run(tmp_path / "run", *RUN)
+    monkeypatch.undo()
+    partial = tmp_path / "run" / "checkpoints" / "checkpoint-6.partial"  # a save cut short by a kill
+    shutil.copytree(tmp_path / "run" / "checkpoints" / "checkpoint-3", partial)
+    (partial / "model.safetensors").write_bytes(b"truncated")
+    tiny_run(tmp_path / "run", *RUN, resume="latest")
+    out = capsys.readouterr().out
+    assert "Resuming from" in out and "checkpoint-3 at step 3" in out
+    assert (tmp_path / "run" / "checkpoints" / "checkpoint-6").is_dir() and not partial.exists()
+    with pytest.raises(UserError, match="already holds a run; pass --resume latest"):
+        tiny_run(tmp_path / "run", *RUN)
+
+
+def test_the_lr_schedule_counts_optimizer_steps_whatever_the_accumulation(tmp_path):
+    def lrs(run):
+        return [json.loads(line)["lr"] for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+    one = tiny_run(tmp_path / "one", "train.max_steps=4", "train.warmup_steps=4", "train.lr=0.004")
+    four = tiny_run(tmp_path / "four", "train.max_steps=4", "train.warmup_steps=4", "train.lr=0.004",
+                    "train.gradient_accumulation_steps=4")
+    assert lrs(one) == lrs(four) == pytest.approx([0.001, 0.002, 0.003, 0.004])
