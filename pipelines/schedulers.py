@@ -6,6 +6,7 @@ and the prediction type the model was trained with carry over; only the sampling
 
 from __future__ import annotations
 
+import inspect
 from typing import Any
 
 import diffusers
@@ -49,13 +50,21 @@ def is_flow_scheduler(scheduler: SchedulerMixin | type[SchedulerMixin]) -> bool:
 
 
 def takes_learned_variance(scheduler: SchedulerMixin) -> bool:
-    return scheduler.config.get("variance_type") in LEARNED_VARIANCE_TYPES
+    """Whether the scheduler reads a learned variance from the model output's second half."""
+    learned = scheduler.config.get("variance_type") in LEARNED_VARIANCE_TYPES
+    return learned and type(scheduler).__name__ in VARIANCE_READERS
+
+
+def _has_variance_type(cls: type[SchedulerMixin]) -> bool:
+    """A scheduler built from another's config keeps keys it does not take; only its own ones count."""
+    return "variance_type" in inspect.signature(cls.__init__).parameters
 
 
 def check_scheduler(scheduler: SchedulerMixin, model_scheduler: SchedulerMixin | None = None) -> None:
     """Refuse a scheduler that would misread the model: one that keeps only three channels of a learned
     variance, or one of the other kind (flow matching / diffusion) than the model's ``model_scheduler``."""
-    if takes_learned_variance(scheduler) and type(scheduler).__name__ not in VARIANCE_READERS:
+    if (_has_variance_type(type(scheduler)) and type(scheduler).__name__ not in VARIANCE_READERS
+            and scheduler.config.get("variance_type") in LEARNED_VARIANCE_TYPES):
         raise UserError(f"A {type(scheduler).__name__} with variance_type={scheduler.config.variance_type!r} keeps "
                         "only three channels of the model output; build it with variance_type=None (the pipeline "
                         "then gives it the epsilon half) or use DDPM to sample with the learned variance.")
@@ -78,7 +87,7 @@ def scheduler_from_name(name: str, current: SchedulerMixin) -> SchedulerMixin:
         if not (isinstance(cls, type) and issubclass(cls, SchedulerMixin)):
             raise UserError(f"Unknown scheduler {name!r}; choose one of {', '.join(SCHEDULERS)} or a diffusers "
                             "scheduler class name such as 'DDIMScheduler'.")
-    if cls.__name__ not in VARIANCE_READERS and "variance_type" in current.config:
+    if _has_variance_type(cls) and cls.__name__ not in VARIANCE_READERS:
         options = {**options, "variance_type": None}
     scheduler = cls.from_config(current.config, **options)
     check_scheduler(scheduler, current)

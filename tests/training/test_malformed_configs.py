@@ -1,0 +1,53 @@
+"""A config mistake is one line naming the key, exit status 2, and nothing written."""
+
+import pytest
+import yaml
+
+from film_diffusion.cli import main
+
+CASES = [
+    ({"train": {"max_step": 10}}, "Unknown config key 'train.max_step'", "did you mean 'train.max_steps'"),
+    ({"modle": {"backbone": "dit"}}, "Unknown config key 'modle'", "did you mean 'model'"),
+    ({"model": {"conditoning": ["film"]}}, "'model.conditoning'", "did you mean 'model.conditioning'"),
+    ({"train": {"batch_size": "thirty-two"}}, "'train.batch_size' must be of type int", ""),
+    ({"train": {"lr": "fast"}}, "'train.lr'", ""),
+    ({"model": {"backbone": "vit"}}, "'model.backbone' is 'vit'; choose one of 'dit', 'unet'", ""),
+    ({"train": {"mixed_precision": "fp8"}}, "'train.mixed_precision' is 'fp8'", "'bf16'"),
+    ({"train": {"max_steps": -5}}, "'train.max_steps' is -5; it must be at least 1", ""),
+    ({"train": {"batch_size": 6, "gradient_accumulation_steps": 4}}, "'train.batch_size' is 6", "multiple of 4"),
+    ({"model": {"conditioning": ["filmm"]}}, "Unknown conditioning method 'filmm'", "model"),
+    ({"model": {"dit": {"hidden_size": 100, "num_heads": 6}}}, "hidden_size=100 is not divisible by num_heads=6",
+     "model"),
+    ({"model": {"backbone": "dit", "dit": {"patch_size": 5}}}, "sample_size=32 is not divisible by patch_size=5",
+     "model"),
+    ({"condition": {"source": "class_labels"}}, "'condition.num_classes' is required", ""),
+    ({"condition": {"source": "transformers"}}, "'condition.name' is required", ""),
+    ({"data": {"name": "folder"}}, "'data.root' is required", ""),
+    ({"model": {"backbone": "unet", "learn_sigma": True}}, "'model.learn_sigma' is true, but only the DiT", ""),
+    ({"objective": {"prediction": "flow", "min_snr_gamma": 5}}, "'objective.min_snr_gamma'", "not flow"),
+    ({"train": {"null_condition": "nothing"}}, "'train.null_condition' is 'nothing'", ""),
+    ({"data": {"resolution": 8}}, "Resolution 8 is out of range", ""),
+    ({"model": {"preset": "DiT-M/2"}}, "'model.preset' is 'DiT-M/2'", "DiT-S/2"),
+    ({"train": {"caption_dropout": 1.5}}, "'train.caption_dropout' is 1.5", ""),
+    ({"sample": {"scheduler": "warp"}}, "Unknown scheduler 'warp'", ""),
+]
+
+
+@pytest.mark.parametrize("raw, message, also", CASES, ids=[c[1][:40] for c in CASES])
+def test_malformed_config_is_one_line_and_writes_nothing(raw, message, also, tmp_path, capsys):
+    config = tmp_path / "config.yaml"
+    config.write_text(yaml.safe_dump(raw))
+    out = tmp_path / "run"
+    assert main(["train", str(config), f"output_dir={out}"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("film-diffusion train: error: "), err
+    assert message in err[0] and also in err[0], err[0]
+    assert not out.exists()
+
+
+def test_a_missing_config_file_and_a_bad_override(tmp_path, capsys):
+    assert main(["train", str(tmp_path / "none.yaml")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    (tmp_path / "c.yaml").write_text("seed: 1\n")
+    assert main(["train", str(tmp_path / "c.yaml"), "train.max_steps"]) == 2
+    assert "must look like key=value" in capsys.readouterr().err

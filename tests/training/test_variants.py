@@ -1,0 +1,93 @@
+"""Latent training, each objective and class labels train a few steps and sample through the pipeline."""
+
+import json
+
+import pytest
+import torch
+from runs import tiny_run
+
+from film_diffusion.errors import UserError
+from film_diffusion.pipelines import FilmDiffusionPipeline
+from film_diffusion.training import trainer
+
+
+def sample(run, **inputs) -> torch.Tensor:
+    pipe = FilmDiffusionPipeline.from_pretrained(run / "pipeline")
+    return pipe(**inputs, num_inference_steps=3, output_type="pt", generator=torch.Generator().manual_seed(0)).images
+
+
+@pytest.mark.parametrize("objective, scheduler", [("epsilon", "DDIMScheduler"), ("v", "DDIMScheduler"),
+                                                  ("flow", "FlowMatchEulerDiscreteScheduler")])
+def test_each_objective_trains_and_samples_with_its_scheduler(objective, scheduler, tmp_path):
+    run = tiny_run(tmp_path / "run", "train.max_steps=3", f"objective.prediction={objective}")
+    losses = [json.loads(line)["loss"] for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert len(losses) == 3 and all(0 < loss < 10 for loss in losses)
+    config = json.loads((run / "pipeline" / "scheduler" / "scheduler_config.json").read_text())
+    assert config["_class_name"] == scheduler
+    if objective != "flow":
+        assert config["prediction_type"] == {"epsilon": "epsilon", "v": "v_prediction"}[objective]
+    images = sample(run, prompt=["a big red circle at the top left"])
+    assert images.shape == (1, 3, 16, 16) and torch.isfinite(images).all()
+
+
+def test_latent_training_with_a_local_vae(tmp_path, tiny_vae_folder):
+    run = tiny_run(tmp_path / "run", "train.max_steps=2", f"vae.name_or_path={tiny_vae_folder}")
+    pipe = FilmDiffusionPipeline.from_pretrained(run / "pipeline")
+    assert pipe.vae is not None and pipe.denoiser.config.in_channels == 4 and pipe.denoiser.config.sample_size == 8
+    assert pipe.scheduler.config.clip_sample is False  # latents are not clipped to [-1, 1]
+    assert sample(run, prompt="a small blue star").shape == (1, 3, 16, 16)
+
+
+def test_class_labels_and_learned_sigma_train_and_sample(tmp_path):
+    run = tiny_run(tmp_path / "run", "train.max_steps=2", "condition.source=class_labels", "condition.num_classes=32",
+                   "model.conditioning=[adaln_zero]", "model.learn_sigma=true")
+    pipe = FilmDiffusionPipeline.from_pretrained(run / "pipeline")
+    assert pipe.text_encoder is None and pipe.denoiser.null_class_label == 32
+    assert sample(run, class_labels=[0, 31]).shape == (2, 3, 16, 16)
+
+
+def test_unet_with_a_transformers_clip_and_the_zeros_null(tmp_path, tiny_transformers_clip):
+    run = tiny_run(tmp_path / "run", "train.max_steps=2", "model.backbone=unet", "condition.source=transformers",
+                   f"condition.name={tiny_transformers_clip}", "condition.max_length=16", "train.null_condition=zeros",
+                   "model.conditioning=[film, cross_attention]")
+    pipe = FilmDiffusionPipeline.from_pretrained(run / "pipeline")
+    assert pipe.config.null_condition == "zeros" and pipe.text_encoder.max_length == 16
+    assert sample(run, prompt="a green square").shape == (1, 3, 16, 16)
+
+
+def test_sample_grids_use_the_ema_and_put_the_training_weights_back(tmp_path, monkeypatch):
+    seen = {}
+    write = trainer.write_samples
+
+    def spy(run, step, pipe, config, accelerator):
+        seen["during"] = {k: v.clone() for k, v in pipe.denoiser.state_dict().items()}
+        seen["model"] = pipe.denoiser
+        return write(run, step, pipe, config, accelerator)
+
+    monkeypatch.setattr(trainer, "write_samples", spy)
+    run = tiny_run(tmp_path / "run", "train.max_steps=2", "train.sample_every=2", "train.ema_decay=0.5")
+    assert (run / "samples" / "step-000002.png").is_file()
+    after = seen["model"].state_dict()
+    ema = torch.load(run / "checkpoints" / "checkpoint-2" / "custom_checkpoint_1.pkl", weights_only=False)
+    trained = [p for p in seen["model"].parameters()]
+    # During sampling the weights were the EMA's; afterwards they are the trained ones again (not the EMA's).
+    assert all(torch.equal(a, b) for a, b in zip(ema["shadow_params"], [seen["during"][k] for k in after],
+                                                 strict=True))
+    assert any(not torch.equal(p, s) for p, s in zip(trained, ema["shadow_params"], strict=True))
+    assert seen["model"].training
+
+
+def test_a_non_finite_loss_stops_the_run_naming_the_step_and_keeps_the_checkpoints(tmp_path, monkeypatch):
+    real = trainer.diffusion_loss
+    calls = {"n": 0}
+
+    def poisoned(*args, **kwargs):
+        calls["n"] += 1
+        loss = real(*args, **kwargs)
+        return loss * float("nan") if calls["n"] == 4 else loss
+
+    monkeypatch.setattr(trainer, "diffusion_loss", poisoned)
+    with pytest.raises(UserError, match="The loss became nan at step 4; the run stopped"):
+        tiny_run(tmp_path / "run", "train.max_steps=6", "train.checkpoint_every=2")
+    checkpoints = sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir())
+    assert checkpoints == ["checkpoint-2"] and not (tmp_path / "run" / "pipeline").exists()
