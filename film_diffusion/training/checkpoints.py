@@ -34,8 +34,10 @@ def save_checkpoint(accelerator: Accelerator, run: Path, step: int, keep: int | 
     written, then drop the oldest complete ones beyond ``keep``."""
     final = run / CHECKPOINTS / f"checkpoint-{step}"
     partial = final.with_name(final.name + PARTIAL_SUFFIX)
-    if accelerator.is_main_process and partial.exists():
-        shutil.rmtree(partial)
+    if accelerator.is_main_process:
+        if partial.exists():
+            shutil.rmtree(partial)
+        partial.mkdir(parents=True)  # before any process writes its RNG state into it
     accelerator.wait_for_everyone()
     accelerator.save_state(str(partial), safe_serialization=True)
     accelerator.wait_for_everyone()

@@ -49,7 +49,9 @@ def train(config: ExperimentConfig, resume: str | None = None) -> Path:
     """Train as ``config`` says; ``resume``: ``"latest"`` or a checkpoint folder. Returns the run folder."""
     run = Path(config.output_dir)
     tc = config.train
+    # cpu=True where there is no accelerator, so that torchrun's processes form a gloo group on the CPU.
     accelerator = Accelerator(mixed_precision=tc.mixed_precision, log_with="tensorboard",
+                              cpu=not torch.accelerator.is_available(),
                               project_config=ProjectConfiguration(project_dir=str(run), logging_dir=str(run / "logs")))
     check_config(config, accelerator.num_processes)
     start_from = resolve_resume(run, resume)
