@@ -24,6 +24,8 @@ from film_diffusion.errors import UserError
 
 SPLITS = {"train": 0, "val": 1, "test": 2}
 DEFAULT_LENGTH = {"train": 50_000, "val": 1_000, "test": 1_000}
+NUM_SCENE_CLASSES = len(COLORS) * len(SHAPES)
+"""Class labels of the built-in scenes (for class-conditional models): see :func:`scene_class`."""
 ALL_PAIRS: tuple[tuple[str, str], ...] = tuple((c, s) for c in COLORS for s in SHAPES)
 _SCENE, _RENDER, _CAPTION = 0, 1, 2  # independent random streams per item
 BUCKETS = 10
@@ -54,6 +56,11 @@ def content_bucket(objects: Sequence[dict]) -> int:
     """The split bucket of a scene: a stable hash (the same in every process) of its objects, in any order."""
     key = sorted((o["cell"], o["color"], o["shape"], o["size"]) for o in objects)
     return hashlib.sha256(repr(key).encode()).digest()[0] % BUCKETS
+
+
+def scene_class(objects: Sequence[dict]) -> int:
+    """A scene's class label: its first object's (colour, shape), one of ``NUM_SCENE_CLASSES``."""
+    return COLORS.index(objects[0]["color"]) * len(SHAPES) + SHAPES.index(objects[0]["shape"])
 
 
 def check_resolution(resolution: int) -> None:

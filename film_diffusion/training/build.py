@@ -13,14 +13,10 @@ from film_diffusion.backbones.dit import DIT_PRESETS, DiT
 from film_diffusion.backbones.unet import UNet
 from film_diffusion.config import ConfigError
 from film_diffusion.data.folder import ImageFolderDataset
-from film_diffusion.data.shapes import ShapesDataset
-from film_diffusion.data.vocabulary import COLORS, SHAPES
+from film_diffusion.data.shapes import NUM_SCENE_CLASSES, ShapesDataset, scene_class
 from film_diffusion.encoders import OpenCLIP, TextEncoder, TransformersCLIP, builtin_clip
 from film_diffusion.errors import UserError
 from film_diffusion.training.config import ConditionConfig, DataConfig, ExperimentConfig, VaeConfig
-
-SHAPES_CLASSES = len(COLORS) * len(SHAPES)
-"""Class labels of the built-in scenes: the first object's (colour, shape)."""
 
 
 def build_encoder(condition: ConditionConfig) -> TextEncoder | None:
@@ -90,10 +86,10 @@ def build_dataset(data: DataConfig, condition: ConditionConfig, split: str = "tr
     """Items ``{"image": [3, H, W] in [-1, 1], "caption": str}``, plus ``"label"`` for class labels."""
     labels = condition.source == "class_labels"
     if data.name == "shapes":
-        if labels and condition.num_classes != SHAPES_CLASSES:
+        if labels and condition.num_classes != NUM_SCENE_CLASSES:
             raise ConfigError(f"Config key 'condition.num_classes' is {condition.num_classes}, but the built-in scenes "
-                              f"have {SHAPES_CLASSES} classes (the first object's colour x shape); set it to "
-                              f"{SHAPES_CLASSES}.")
+                              f"have {NUM_SCENE_CLASSES} classes (the first object's colour x shape); set it to "
+                              f"{NUM_SCENE_CLASSES}.")
         scenes = ShapesDataset(data.resolution, split, data.seed, data.max_objects, data.holdout or None, data.length,
                                data.min_objects, data.templates)
         return LabelledScenes(scenes) if labels else scenes
@@ -115,8 +111,7 @@ class LabelledScenes(Dataset):
 
     def __getitem__(self, index: int) -> dict:
         item = self.scenes[index]
-        first = item["objects"][0]
-        return {**item, "label": COLORS.index(first["color"]) * len(SHAPES) + SHAPES.index(first["shape"])}
+        return {**item, "label": scene_class(item["objects"])}
 
 
 class ClassFolder(Dataset):

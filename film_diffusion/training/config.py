@@ -113,7 +113,7 @@ class TrainConfig:
     null_condition: str = "empty_caption"  # empty_caption | learned | zeros (text); class models: the null class
     log_every: int = 10
     sample_every: int = 100  # 0: never
-    eval_every: int = 0  # 0: never
+    eval_every: int = 0  # oracle scores, FID and KID (see the eval section) every N steps and at the end; 0: never
     checkpoint_every: int = 100  # 0: only at the end
     checkpoints_total_limit: int | None = 2  # keep the newest N checkpoints; None: all
 
@@ -131,6 +131,16 @@ class SampleConfig:
 
 
 @dataclass
+class EvalConfig:
+    """At ``train.eval_every`` (and at the last step): sample held-out one-object captions that name every
+    attribute, score them with the oracle, and FID / KID against the real renders (built-in scenes only)."""
+
+    scenes: int = 256  # held-out scenes sampled and scored, the same ones and the same noise every time
+    seed: int = 1  # which held-out scenes
+    batch_size: int = 64  # images per sampling call
+
+
+@dataclass
 class ExperimentConfig:
     seed: int = 0
     output_dir: Path = Path("runs/experiment")
@@ -141,6 +151,7 @@ class ExperimentConfig:
     objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     sample: SampleConfig = field(default_factory=SampleConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
 
 
 def load_experiment(source: str | Path | dict | None, overrides: list[str] | tuple[str, ...] = ()) -> ExperimentConfig:
@@ -201,5 +212,11 @@ def check_config(config: ExperimentConfig, num_processes: int = 1) -> None:
     if data.name == "folder" and data.root is None:
         raise ConfigError("Config key 'data.root' is required with data.name=folder (the image folder with "
                           "metadata.jsonl).")
+    if train.eval_every and data.name != "shapes":
+        raise ConfigError("Config key 'train.eval_every' needs data.name=shapes (the oracle reads the built-in "
+                          "scenes); set it to 0 for a folder.")
+    if config.eval.scenes < 2 or config.eval.batch_size < 1:
+        raise ConfigError(f"Config keys 'eval.scenes' ({config.eval.scenes}) and 'eval.batch_size' "
+                          f"({config.eval.batch_size}) must be at least 2 and 1.")
     if data.num_workers < 0:
         raise ConfigError(f"Config key 'data.num_workers' is {data.num_workers}; use 0 or more.")

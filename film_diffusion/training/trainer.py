@@ -33,6 +33,7 @@ from film_diffusion.data.collate import collate
 from film_diffusion.encoders import EmbeddingCache, TextEncoder
 from film_diffusion.encoders.null import null_condition
 from film_diffusion.errors import UserError
+from film_diffusion.evaluation.quality import evaluate_pipeline, held_out_scenes
 from film_diffusion.grid import labelled_grid
 from film_diffusion.pipelines import FilmDiffusionPipeline
 from film_diffusion.pipelines.schedulers import scheduler_from_name
@@ -154,6 +155,14 @@ def train(config: ExperimentConfig, resume: str | None = None) -> Path:
             with ema_weights(ema, denoiser):
                 write_samples(run, progress.step, make_pipeline(denoiser, sample_scheduler, encoder, vae, config),
                               config, accelerator)
+        if tc.eval_every and (progress.step % tc.eval_every == 0 or progress.step == tc.max_steps) \
+                and accelerator.is_main_process:
+            with ema_weights(ema, denoiser):
+                scores = evaluate(make_pipeline(denoiser, sample_scheduler, encoder, vae, config), config)
+            bar.write(f"step {progress.step}: " + ", ".join(f"{k} {v:.4f}" for k, v in scores.items()))
+            accelerator.log(scores, step=progress.step)
+            with open(run / METRICS, "a") as f:
+                f.write(json.dumps({"step": progress.step, **scores}) + "\n")
         if (tc.checkpoint_every and progress.step % tc.checkpoint_every == 0) or progress.step == tc.max_steps:
             save_checkpoint(accelerator, run, progress.step, tc.checkpoints_total_limit)
     bar.close()
@@ -287,6 +296,21 @@ def write_samples(run: Path, step: int, pipe: FilmDiffusionPipeline, config: Exp
     accelerator.get_tracker("tensorboard").writer.add_image("samples", torch.from_numpy(np.array(grid)),
                                                             step, dataformats="HWC")
     return path
+
+
+def evaluate(pipe: FilmDiffusionPipeline, config: ExperimentConfig) -> dict[str, float]:
+    """Oracle scores, FID and KID on held-out scenes (``eval/...``), and on the compositional split of held-out
+    (colour, shape) pairs when the run holds some out (``eval_cogent/...``)."""
+    pipe.set_progress_bar_config(disable=True)
+    splits = {"eval": "val", **({"eval_cogent": "test"} if config.data.holdout else {})}
+    scores = {}
+    for prefix, split in splits.items():
+        scenes = held_out_scenes(config.data.resolution, config.eval.scenes, config.eval.seed, config.data.holdout,
+                                 split)
+        found = evaluate_pipeline(pipe, scenes, config.sample.steps, config.sample.guidance_scale,
+                                  seed=config.eval.seed, batch_size=config.eval.batch_size)
+        scores |= {f"{prefix}/{k}": v for k, v in found.items()}
+    return scores
 
 
 def save_pipeline(folder: Path, pipe: FilmDiffusionPipeline) -> None:
