@@ -14,7 +14,7 @@ from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.modeling_utils import ModelMixin
 from torch import nn
 
-from film_diffusion.backbones.output import DenoiserOutput, NullClassMixin
+from film_diffusion.backbones.output import CheckpointedBlocksMixin, DenoiserOutput, NullClassMixin
 from film_diffusion.conditioning import Condition, ConditioningStack, Site, SiteState
 from film_diffusion.errors import UserError
 from film_diffusion.layers import (
@@ -75,7 +75,7 @@ class FinalLayer(nn.Module):
         return self.linear(state.affine(self.site.name, self.norm_final(x)))  # (B, T, p*p*C)
 
 
-class DiT(NullClassMixin, ModelMixin, ConfigMixin):
+class DiT(NullClassMixin, CheckpointedBlocksMixin, ModelMixin, ConfigMixin):
     """Diffusion transformer whose conditioning is a list of methods.
 
     Args:
@@ -174,7 +174,7 @@ class DiT(NullClassMixin, ModelMixin, ConfigMixin):
         num_patches = x.shape[1]
         x, key_mask = state.extend_sequence(self.sequence_site.name, x)  # (B, T + extra, H)
         for block in self.blocks:
-            x = block(x, state, key_mask)
+            x = self.run_block(block, x, state, key_mask)
         x = self.final_layer(x[:, :num_patches], state)                  # in-context tokens never reach the grid
         out = unpatchify(x, cfg.patch_size, self.out_channels, self.grid)  # (B, C_out, H, W)
         return DenoiserOutput(sample=out) if return_dict else (out,)

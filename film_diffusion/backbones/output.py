@@ -1,5 +1,6 @@
-"""The output type of every backbone, in the diffusers style (``model(...).sample``)."""
+"""What every backbone shares: the output type (``model(...).sample``), the null class, gradient checkpointing."""
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -22,3 +23,18 @@ class NullClassMixin:
         """The class id meaning "no class" for classifier-free guidance, or None without labels."""
         embedder = self.conditioner.label_embedder
         return None if embedder is None else embedder.null_class
+
+
+class CheckpointedBlocksMixin:
+    """diffusers' gradient checkpointing for our backbones: after ``model.enable_gradient_checkpointing()``,
+    every block called through :meth:`run_block` keeps no activations in training and recomputes them in
+    the backward pass (less memory, about one more forward pass of time)."""
+
+    _supports_gradient_checkpointing = True
+    gradient_checkpointing = False  # diffusers sets it (and _gradient_checkpointing_func) per model
+    _gradient_checkpointing_func: Callable
+
+    def run_block(self, block: torch.nn.Module, *args: object) -> torch.Tensor:
+        if self.gradient_checkpointing and torch.is_grad_enabled():
+            return self._gradient_checkpointing_func(block, *args)
+        return block(*args)

@@ -17,7 +17,7 @@ from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.modeling_utils import ModelMixin
 from torch import nn
 
-from film_diffusion.backbones.output import DenoiserOutput, NullClassMixin
+from film_diffusion.backbones.output import CheckpointedBlocksMixin, DenoiserOutput, NullClassMixin
 from film_diffusion.conditioning import Condition, ConditioningStack, Site, SiteState
 from film_diffusion.errors import UserError
 from film_diffusion.layers import Mlp, SelfAttention, TimestepEmbedder, timesteps_for_batch, zero_module
@@ -108,7 +108,7 @@ class Upsample(nn.Module):
         return self.conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))
 
 
-class UNet(NullClassMixin, ModelMixin, ConfigMixin):
+class UNet(NullClassMixin, CheckpointedBlocksMixin, ModelMixin, ConfigMixin):
     """Convolutional denoiser whose conditioning is a list of methods.
 
     Args:
@@ -247,19 +247,20 @@ class UNet(NullClassMixin, ModelMixin, ConfigMixin):
         skips = [h]
         for level in self.down:
             for i, block in enumerate(level.res):
-                h = block(h, state)
+                h = self.run_block(block, h, state)
                 if level.attn:
-                    h = level.attn[i](h, state)
+                    h = self.run_block(level.attn[i], h, state)
                 skips.append(h)
             if level.resample is not None:
                 h = level.resample(h)
                 skips.append(h)
-        h = self.mid.res[1](self.mid.attn[0](self.mid.res[0](h, state), state), state)
+        for block in (self.mid.res[0], self.mid.attn[0], self.mid.res[1]):
+            h = self.run_block(block, h, state)
         for level in self.up:
             for i, block in enumerate(level.res):
-                h = block(torch.cat([h, skips.pop()], dim=1), state)
+                h = self.run_block(block, torch.cat([h, skips.pop()], dim=1), state)
                 if level.attn:
-                    h = level.attn[i](h, state)
+                    h = self.run_block(level.attn[i], h, state)
             if level.resample is not None:
                 h = level.resample(h)
         out = self.conv_out(F.silu(self.norm_out(h)))  # (B, C_out, H, W)

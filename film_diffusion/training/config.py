@@ -1,6 +1,7 @@
 """The experiment config: one dataclass per section, loaded from YAML with ``key.sub=value`` overrides.
 
-The defaults are the quickstart (``configs/quickstart.yaml`` spells every key out with its meaning).
+The defaults are the quickstart's values (``configs/quickstart.yaml`` spells every key out with its meaning),
+except ``train.eval_every``, off by default since only the built-in scenes have an oracle.
 
 Every key is documented on its line here and in ``configs/``; :func:`check_config` refuses what the
 types cannot (a batch that does not divide, a method the backbone cannot take) before anything runs.
@@ -107,6 +108,7 @@ class TrainConfig:
     weight_decay: float = 0.0
     max_grad_norm: float | None = 1.0  # None: no clipping
     mixed_precision: Literal["no", "bf16", "fp16"] = "no"
+    gradient_checkpointing: bool = False  # recompute block activations in the backward pass: less memory
     compile: bool = False  # torch.compile the denoiser
     ema_decay: float = 0.999
     caption_dropout: float = 0.1  # share of training examples given the null condition (for guidance)

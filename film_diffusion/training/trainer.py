@@ -85,6 +85,8 @@ def train(config: ExperimentConfig, resume: str | None = None) -> Path:
     # The lr schedule counts optimizer steps and is stepped once per step by us, whatever the process count.
     lr_schedule = get_scheduler(tc.lr_scheduler, optimizer, num_warmup_steps=tc.warmup_steps,
                                 num_training_steps=tc.max_steps)
+    if tc.gradient_checkpointing:
+        model.enable_gradient_checkpointing()
     if tc.compile:
         model = torch.compile(model)
     model, optimizer = accelerator.prepare(model, optimizer)
