@@ -50,8 +50,16 @@ def load_config(source: str | Path | dict | None, cls: type[T], overrides: list[
 
 
 def config_to_dict(config: Any) -> dict:
-    """The inverse of :func:`load_config`: plain dicts and lists, ready for YAML or JSON."""
-    return dataclasses.asdict(config)
+    """The inverse of :func:`load_config`: plain dicts, lists and strings (paths too), ready for YAML or JSON."""
+    return _plain(dataclasses.asdict(config))
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return str(value) if isinstance(value, Path) else value
 
 
 def _apply_override(raw: dict, override: str) -> None:

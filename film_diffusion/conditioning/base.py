@@ -49,6 +49,7 @@ class ConditioningMethod(nn.Module, ABC):
         self.use_condition = wiring.use_condition
         self.use_timestep = wiring.use_timestep
         self.reads_pooled = False  # set by methods that read the pooled condition, so its embedder is built
+        self.reads_tokens = False  # set by methods that read the condition tokens
 
     def extra_input_channels(self, site: Site) -> int:
         """Channels this method concatenates at an ``input`` site (the backbone sizes its first layer so)."""
@@ -78,6 +79,8 @@ class ConditioningMethod(nn.Module, ABC):
                             "(the text encoder's pooled_dim) or num_classes.")
 
     def require_tokens(self, wiring: Wiring) -> None:
+        """Declare that this method reads the condition tokens, and fail clearly if there are none."""
+        self.reads_tokens = wiring.use_condition
         if wiring.use_condition and wiring.token_dim is None:
             raise UserError(f"Conditioning method '{self.name}' needs condition tokens: set cond_token_dim "
                             "(the text encoder's token_dim).")

@@ -42,6 +42,7 @@ class Concat(ConditioningMethod):
         self.token_proj = nn.Linear(wiring.token_dim, width) if use_tokens else None
         self.pooled_proj = nn.Linear(wiring.embed_dim, width) if use_pooled else None
         self.reads_pooled = use_pooled
+        self.reads_tokens = use_tokens
         self.time_proj = nn.Linear(wiring.embed_dim, width) if wiring.use_timestep else None
         if zero_init:
             for proj in (self.token_proj, self.pooled_proj, self.time_proj):

@@ -114,8 +114,10 @@ class ConditioningStack(nn.Module):
             if learned_null_tokens < 1:
                 raise UserError(f"learned_null_tokens={learned_null_tokens} must be at least 1: the text "
                                 "encoder's max_length, so the null batches with encoded captions.")
-            pooled_dim = cond_pooled_dim if self.pooled_proj is not None else None  # only what the model reads
-            self.learned_null = LearnedNull(learned_null_tokens, cond_token_dim, pooled_dim)
+            # Only what some method reads: a null part nothing reads would get no gradient (DDP refuses that).
+            token_dim = cond_token_dim if any(m.reads_tokens for m in self.methods.values()) else None
+            pooled_dim = cond_pooled_dim if self.pooled_proj is not None else None
+            self.learned_null = LearnedNull(learned_null_tokens, token_dim, pooled_dim)
 
     def check_inputs(self, condition: Condition | None, class_labels: torch.Tensor | None) -> None:
         """Every embedder the model was built with must be fed: an unfed one gets no gradient, which

@@ -29,9 +29,7 @@ def frechet_distance(features_a: np.ndarray | torch.Tensor, features_b: np.ndarr
     matrix with the same spectrum as ``S_a S_b``, so it stays real and stable even when the
     covariances are singular (fewer samples than dimensions).
     """
-    a, b = (torch.as_tensor(f).detach().to("cpu", torch.float64) for f in (features_a, features_b))
-    if a.ndim != 2 or b.ndim != 2 or a.shape[1] != b.shape[1] or min(len(a), len(b)) < 2:
-        raise ValueError(f"Need two (N >= 2, D) feature sets of the same D, got {tuple(a.shape)} and {tuple(b.shape)}.")
+    a, b = _feature_sets(features_a, features_b)
     with _one_thread():
         cov_a, cov_b = torch.atleast_2d(torch.cov(a.T)), torch.atleast_2d(torch.cov(b.T))
         eigvals_a, eigvecs_a = torch.linalg.eigh(cov_a)
@@ -46,12 +44,18 @@ def kernel_distance(features_a: np.ndarray | torch.Tensor, features_b: np.ndarra
     """Kernel distance (KID, Binkowski et al. 2018): the unbiased squared MMD between two feature sets with
     the cubic polynomial kernel ``k(x, y) = (x . y / D + 1) ** 3``. Unlike FID it has no bias from the
     sample count, so small evaluations compare fairly; it can come out slightly negative by chance."""
-    a, b = (torch.as_tensor(f).detach().to("cpu", torch.float64) for f in (features_a, features_b))
-    if a.ndim != 2 or b.ndim != 2 or a.shape[1] != b.shape[1] or min(len(a), len(b)) < 2:
-        raise ValueError(f"Need two (N >= 2, D) feature sets of the same D, got {tuple(a.shape)} and {tuple(b.shape)}.")
+    a, b = _feature_sets(features_a, features_b)
     dim = a.shape[1]
     k_aa, k_bb, k_ab = ((x @ y.T / dim + 1) ** 3 for x, y in ((a, a), (b, b), (a, b)))
     m, n = len(a), len(b)
     within_a = (k_aa.sum() - k_aa.trace()) / (m * (m - 1))
     within_b = (k_bb.sum() - k_bb.trace()) / (n * (n - 1))
     return (within_a + within_b - 2 * k_ab.mean()).item()
+
+
+def _feature_sets(a: np.ndarray | torch.Tensor, b: np.ndarray | torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Both as float64 CPU tensors, checked to be two (N >= 2, D) sets of the same D."""
+    a, b = (torch.as_tensor(f).detach().to("cpu", torch.float64) for f in (a, b))
+    if a.ndim != 2 or b.ndim != 2 or a.shape[1] != b.shape[1] or min(len(a), len(b)) < 2:
+        raise ValueError(f"Need two (N >= 2, D) feature sets of the same D, got {tuple(a.shape)} and {tuple(b.shape)}.")
+    return a, b

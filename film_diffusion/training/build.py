@@ -82,7 +82,7 @@ def build_denoiser(config: ExperimentConfig, channels: int, size: int, token_dim
         raise ConfigError(f"Config section 'model' ({model.backbone}): {err}") from None
 
 
-def build_dataset(data: DataConfig, condition: ConditionConfig, split: str = "train") -> Dataset:
+def build_dataset(data: DataConfig, condition: ConditionConfig) -> Dataset:
     """Items ``{"image": [3, H, W] in [-1, 1], "caption": str}``, plus ``"label"`` for class labels."""
     labels = condition.source == "class_labels"
     if data.name == "shapes":
@@ -90,8 +90,11 @@ def build_dataset(data: DataConfig, condition: ConditionConfig, split: str = "tr
             raise ConfigError(f"Config key 'condition.num_classes' is {condition.num_classes}, but the built-in scenes "
                               f"have {NUM_SCENE_CLASSES} classes (the first object's colour x shape); set it to "
                               f"{NUM_SCENE_CLASSES}.")
-        scenes = ShapesDataset(data.resolution, split, data.seed, data.max_objects, data.holdout or None, data.length,
-                               data.min_objects, data.templates)
+        try:
+            scenes = ShapesDataset(data.resolution, "train", data.seed, data.max_objects, data.holdout or None,
+                                   data.length, data.min_objects, data.templates)
+        except UserError as err:  # the dataset's own check, said against the config
+            raise ConfigError(f"Config section 'data': {err}") from None
         return LabelledScenes(scenes) if labels else scenes
     if not data.root.is_dir():
         raise ConfigError(f"Config key 'data.root' is '{data.root}', which is not a folder; point it at the images.")
@@ -119,7 +122,11 @@ class ClassFolder(Dataset):
     torchvision's ``ImageFolder`` and transformed as the captioned folder is."""
 
     def __init__(self, data: DataConfig, num_classes: int):
-        self.images = ImageFolder(str(data.root))
+        try:
+            self.images = ImageFolder(str(data.root))
+        except FileNotFoundError as err:  # no class folder, or no image in them
+            raise ConfigError(f"Config key 'data.root' is '{data.root}': {err}; class labels need one sub-folder "
+                              "of images per class.") from None
         if len(self.images.classes) != num_classes:
             raise ConfigError(f"Config key 'condition.num_classes' is {num_classes}, but '{data.root}' has "
                               f"{len(self.images.classes)} class folders; make them agree.")

@@ -34,7 +34,7 @@ def save_checkpoint(accelerator: Accelerator, run: Path, step: int, keep: int | 
     written, then drop the oldest complete ones beyond ``keep``."""
     final = run / CHECKPOINTS / f"checkpoint-{step}"
     partial = final.with_name(final.name + PARTIAL_SUFFIX)
-    if accelerator.is_main_process:
+    if accelerator.is_local_main_process:  # each node's (a multi-node run needs a shared file system)
         if partial.exists():
             shutil.rmtree(partial)
         partial.mkdir(parents=True)  # before any process writes its RNG state into it
@@ -42,14 +42,26 @@ def save_checkpoint(accelerator: Accelerator, run: Path, step: int, keep: int | 
     accelerator.save_state(str(partial), safe_serialization=True)
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
-        if final.exists():  # the same step saved before (a resumed run that stopped again)
-            shutil.rmtree(final)
-        os.replace(partial, final)
+        publish(partial, final)
         complete = checkpoint_dirs(run)
         for old in complete[: max(0, len(complete) - keep)] if keep else []:
             shutil.rmtree(old)
     accelerator.wait_for_everyone()
     return final
+
+
+def publish(partial: Path, final: Path) -> None:
+    """Give a completely written folder its final name. A folder already there (the same step saved by a
+    run that was resumed and stopped again) is first moved aside, so that a kill at any moment leaves a
+    complete folder under the final name or none."""
+    old = final.with_name(final.name + ".old")
+    if old.exists():
+        shutil.rmtree(old)
+    if final.exists():
+        os.replace(final, old)
+    os.replace(partial, final)
+    if old.exists():
+        shutil.rmtree(old)
 
 
 def resolve_resume(run: Path, resume: str | None) -> Path | None:

@@ -182,6 +182,26 @@ def check_config(config: ExperimentConfig, num_processes: int = 1) -> None:
         raise ConfigError(f"Config key 'train.ema_decay' is {train.ema_decay}; choose a value in [0, 1).")
     if train.lr <= 0:
         raise ConfigError(f"Config key 'train.lr' is {train.lr}; it must be positive.")
+    for key in ("adam_beta1", "adam_beta2"):
+        if not 0 <= getattr(train, key) < 1:
+            raise ConfigError(f"Config key 'train.{key}' is {getattr(train, key)}; choose a value in [0, 1).")
+    if train.weight_decay < 0:
+        raise ConfigError(f"Config key 'train.weight_decay' is {train.weight_decay}; use 0 or more.")
+    if train.max_grad_norm is not None and train.max_grad_norm <= 0:
+        raise ConfigError(f"Config key 'train.max_grad_norm' is {train.max_grad_norm}; use a positive value, or null "
+                          "for no clipping.")
+    if train.checkpoints_total_limit is not None and train.checkpoints_total_limit < 1:
+        raise ConfigError(f"Config key 'train.checkpoints_total_limit' is {train.checkpoints_total_limit}; keep at "
+                          "least 1 checkpoint, or null for all.")
+    if objective.logit_std <= 0:
+        raise ConfigError(f"Config key 'objective.logit_std' is {objective.logit_std}; it must be positive.")
+    sample = config.sample
+    if not sample.captions or not sample.class_labels:
+        raise ConfigError("Config keys 'sample.captions' and 'sample.class_labels' need at least one entry each.")
+    if condition.source == "class_labels" and condition.num_classes is not None and not all(
+            0 <= k < condition.num_classes for k in sample.class_labels):
+        raise ConfigError(f"Config key 'sample.class_labels' is {sample.class_labels}; use class ids from 0 to "
+                          f"{condition.num_classes - 1}.")
     shards = num_processes * train.gradient_accumulation_steps
     if train.batch_size % shards:
         raise ConfigError(f"Config key 'train.batch_size' is {train.batch_size}, which does not split into "

@@ -65,7 +65,7 @@ def noisy_batch(objective: ObjectiveConfig, scheduler: SchedulerMixin, x0: torch
 
 
 def diffusion_loss(prediction: torch.Tensor, batch: NoisyBatch, x0: torch.Tensor,
-                   scheduler: SchedulerMixin | None = None) -> torch.Tensor:
+                   scheduler: SchedulerMixin) -> torch.Tensor:
     """Weighted MSE on the predicted channels; with a learned variance (twice the channels) plus the
     variational bound term, through which only the variance learns (the mean is held fixed)."""
     channels = batch.target.shape[1]
@@ -78,9 +78,10 @@ def diffusion_loss(prediction: torch.Tensor, batch: NoisyBatch, x0: torch.Tensor
 
 def vb_term(scheduler: DDPMScheduler, prediction: torch.Tensor, x_t: torch.Tensor, x0: torch.Tensor,
             t: torch.Tensor) -> torch.Tensor:
-    """Improved DDPM's L_vlb term per sample, in bits per dimension, scaled by ``T / 1000`` as the DiT code
-    does: KL(q(x_{t-1} | x_t, x0) || p(x_{t-1} | x_t)) for t > 0 and the decoder's negative
-    log-likelihood at t = 0. The model's variance interpolates log beta_t and log beta-tilde_t."""
+    """Improved DDPM's L_vlb term per sample, in bits per dimension: KL(q(x_{t-1} | x_t, x0) || p(x_{t-1} | x_t))
+    for t > 0 and the decoder's negative log-likelihood at t = 0, scaled by ``T / 1000`` as improved DDPM's
+    rescaled loss does (the identity at T = 1000, where DiT adds it unscaled). The model's variance
+    interpolates log beta_t and log beta-tilde_t; its mean uses the detached epsilon, unclipped."""
     channels = x_t.shape[1]
     eps, v = prediction[:, :channels].detach(), prediction[:, channels:]
     alphas_cumprod = scheduler.alphas_cumprod.to(x_t.device, torch.float64)
@@ -98,7 +99,7 @@ def vb_term(scheduler: DDPMScheduler, prediction: torch.Tensor, x_t: torch.Tenso
     frac = (v + 1) / 2  # the model's output in [-1, 1] -> interpolation weight
     model_log_var = frac * at(torch.log(betas)) + (1 - frac) * at(log_posterior_var)
     x0_pred = (x_t - at((1 - alphas_cumprod).sqrt()) * eps) / at(alphas_cumprod.sqrt())
-    model_mean = at(coef_x0) * x0_pred.clamp(-1, 1) + at(coef_xt) * x_t
+    model_mean = at(coef_x0) * x0_pred + at(coef_xt) * x_t  # unclipped, as in training there (and for latents)
     kl = 0.5 * (-1.0 + model_log_var - at(log_posterior_var) + torch.exp(at(log_posterior_var) - model_log_var)
                 + (true_mean - model_mean) ** 2 * torch.exp(-model_log_var))
     kl = kl.mean(dim=(1, 2, 3)) / math.log(2.0)

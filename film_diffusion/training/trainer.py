@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import json
 import math
-import os
 import shutil
 import time
 from collections.abc import Iterator
@@ -21,13 +20,13 @@ import numpy as np
 import torch
 import yaml
 from accelerate import Accelerator
-from accelerate.utils import ProjectConfiguration, set_seed
+from accelerate.utils import DistributedType, ProjectConfiguration, set_seed
 from diffusers.optimization import get_scheduler
 from diffusers.training_utils import EMAModel
 from torch.utils.data import DataLoader, Sampler
 from tqdm.auto import tqdm
 
-from film_diffusion.config import config_to_dict
+from film_diffusion.config import ConfigError, config_to_dict
 from film_diffusion.cpu_memory import keep_freed_memory
 from film_diffusion.data.collate import collate
 from film_diffusion.encoders import EmbeddingCache, TextEncoder
@@ -38,7 +37,7 @@ from film_diffusion.grid import labelled_grid
 from film_diffusion.pipelines import FilmDiffusionPipeline
 from film_diffusion.pipelines.schedulers import scheduler_from_name
 from film_diffusion.training.build import build_dataset, build_denoiser, build_encoder, build_vae, latent_shape
-from film_diffusion.training.checkpoints import checkpoint_step, resolve_resume, save_checkpoint
+from film_diffusion.training.checkpoints import checkpoint_step, publish, resolve_resume, save_checkpoint
 from film_diffusion.training.config import ExperimentConfig, check_config
 from film_diffusion.training.objectives import diffusion_loss, noise_scheduler, noisy_batch
 from film_diffusion.training.randomness import ShardedRandom
@@ -59,6 +58,13 @@ def train(config: ExperimentConfig, resume: str | None = None) -> Path:
     if start_from is None and (run / "config.yaml").exists():
         hint = "it has no complete checkpoint yet; delete it to start over" if resume else "pass --resume latest"
         raise UserError(f"output_dir '{run}' already holds a run; {hint}, or choose another output_dir.")
+    if accelerator.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED):
+        raise UserError(f"This trainer runs on one process or with DDP; {accelerator.distributed_type.value} is not "
+                        "supported yet (it shards the weights that the EMA and sampling read); choose DDP in "
+                        "your accelerate config.")
+    if tc.mixed_precision == "fp16" and accelerator.device.type == "cpu":
+        raise UserError("train.mixed_precision=fp16 needs a GPU (Accelerate would silently train in float32 on the "
+                        "CPU); use bf16 or no.")
     if accelerator.device.type == "cpu":
         keep_freed_memory()
 
@@ -71,11 +77,15 @@ def train(config: ExperimentConfig, resume: str | None = None) -> Path:
                            getattr(encoder, "pooled_dim", None), getattr(encoder, "max_length", None))
     dataset = build_dataset(config.data, config.condition)
     scheduler = noise_scheduler(config.objective, config.model.learn_sigma, pixel_space=vae is None)
-    sample_scheduler = scheduler_from_name(config.sample.scheduler or _default_sampler(config), scheduler)
+    try:
+        sample_scheduler = scheduler_from_name(config.sample.scheduler or _default_sampler(config), scheduler)
+    except UserError as err:
+        raise ConfigError(f"Config key 'sample.scheduler': {err}") from None
 
+    accelerator.wait_for_everyone()  # every process has checked the folder before the first file appears
     if accelerator.is_main_process:
         run.mkdir(parents=True, exist_ok=True)
-        (run / "config.yaml").write_text(yaml.safe_dump(_plain(config_to_dict(config)), sort_keys=False))
+        (run / "config.yaml").write_text(yaml.safe_dump(config_to_dict(config), sort_keys=False))
     device = accelerator.device
     for frozen in (encoder, vae):
         if frozen is not None:
@@ -90,19 +100,21 @@ def train(config: ExperimentConfig, resume: str | None = None) -> Path:
     if tc.compile:
         model = torch.compile(model)
     model, optimizer = accelerator.prepare(model, optimizer)
-    denoiser = accelerator.unwrap_model(model)
+    denoiser = accelerator.unwrap_model(model, keep_torch_compile=False)  # the module itself, for EMA and pipelines
     ema = EMAModel(denoiser.parameters(), decay=tc.ema_decay)
     random = ShardedRandom(config.seed, accelerator.process_index, accelerator.num_processes, device)
     progress = RunProgress()
     accelerator.register_for_checkpointing(lr_schedule, ema, random, progress)
     if start_from is not None:
         accelerator.load_state(str(start_from))
+        ema.to(device)  # Accelerate loads registered objects on the CPU
         if progress.step != checkpoint_step(start_from):
             raise UserError(f"Checkpoint '{start_from}' records step {progress.step}, not its name's; it is damaged.")
         if accelerator.is_main_process:
             _truncate_metrics(run / METRICS, progress.step)
             print(f"Resuming from {start_from} at step {progress.step}.")
-    accelerator.init_trackers("film-diffusion")
+    # TensorBoard drops events logged after the checkpoint, as metrics.jsonl drops its rows.
+    accelerator.init_trackers("film-diffusion", init_kwargs={"tensorboard": {"purge_step": progress.step + 1}})
 
     accum = tc.gradient_accumulation_steps
     micro = tc.batch_size // (accelerator.num_processes * accum)
@@ -113,8 +125,9 @@ def train(config: ExperimentConfig, resume: str | None = None) -> Path:
     conditions = ConditionMaker(encoder, config, denoiser, device)
 
     bar = tqdm(total=tc.max_steps, initial=progress.step, desc="training", disable=not accelerator.is_main_process)
-    tick = time.perf_counter()
+    seconds: list[float] = []  # per step since the last log row
     while progress.step < tc.max_steps:
+        tick = time.perf_counter()
         model.train()
         step_loss = torch.zeros((), device=device)
         for i in range(accum):
@@ -135,19 +148,21 @@ def train(config: ExperimentConfig, resume: str | None = None) -> Path:
                             "checkpoints are untouched. Lower train.lr, set train.max_grad_norm, or use bf16 "
                             "rather than fp16.")
         grad_norm = accelerator.clip_grad_norm_(model.parameters(), tc.max_grad_norm) if tc.max_grad_norm else None
+        lr = lr_schedule.get_last_lr()[0]  # the rate this step uses
         optimizer.step()
         lr_schedule.step()
         optimizer.zero_grad(set_to_none=True)
         ema.step(denoiser.parameters())
         progress.step += 1
         progress.add_loss(loss_value)
+        seconds.append(time.perf_counter() - tick)  # training only: not sampling, evaluation or checkpoints
         bar.update(1)
 
         if progress.step % tc.log_every == 0 or progress.step == tc.max_steps:
-            seconds, tick = time.perf_counter() - tick, time.perf_counter()
-            row = {"step": progress.step, "loss": progress.take_mean_loss(), "lr": lr_schedule.get_last_lr()[0],
+            row = {"step": progress.step, "loss": progress.take_mean_loss(), "lr": lr,
                    "grad_norm": None if grad_norm is None else float(grad_norm),
-                   "images_per_s": tc.batch_size * tc.log_every / seconds}
+                   "images_per_s": tc.batch_size * len(seconds) / sum(seconds)}
+            seconds.clear()
             bar.set_postfix(loss=f"{row['loss']:.4f}", img_s=f"{row['images_per_s']:.1f}")
             accelerator.log({k: v for k, v in row.items() if k != "step" and v is not None}, step=progress.step)
             if accelerator.is_main_process:
@@ -321,9 +336,7 @@ def save_pipeline(folder: Path, pipe: FilmDiffusionPipeline) -> None:
     if partial.exists():
         shutil.rmtree(partial)
     pipe.save_pretrained(partial)
-    if folder.exists():
-        shutil.rmtree(folder)
-    os.replace(partial, folder)
+    publish(partial, folder)
 
 
 def _default_sampler(config: ExperimentConfig) -> str:
@@ -335,12 +348,3 @@ def _truncate_metrics(path: Path, step: int) -> None:
     if path.exists():
         rows = [line for line in path.read_text().splitlines() if line and json.loads(line)["step"] <= step]
         path.write_text("".join(row + "\n" for row in rows))
-
-
-def _plain(value):
-    """Paths as strings, for YAML."""
-    if isinstance(value, dict):
-        return {k: _plain(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_plain(v) for v in value]
-    return str(value) if isinstance(value, Path) else value

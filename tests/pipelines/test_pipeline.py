@@ -92,8 +92,9 @@ def test_learned_null_of_a_model_that_reads_only_tokens_or_only_pooled(condition
     encoder = builtin_text_pipeline("dit").text_encoder
     model = text_denoiser("dit", encoder, conditioning=conditioning, learned_null_tokens=encoder.max_length)
     pipe = FilmDiffusionPipeline(model, DDIMScheduler(), text_encoder=encoder, null_condition="learned")
-    null = model.conditioner.learned_null(2)
+    null = model.conditioner.learned_null(2)  # only what the model reads, so every part gets a gradient
     assert (null.pooled is None) == (conditioning == ["cross_attention"])
+    assert (null.tokens is None) == (conditioning == ["film"])
     images = pipe(prompt=PROMPTS, num_inference_steps=2, guidance_scale=3.0, output_type="pt").images
     assert images.shape == (2, 3, SIZE, SIZE) and torch.isfinite(images).all()
 

@@ -26,10 +26,16 @@ CASES = [
     ({"model": {"backbone": "unet", "learn_sigma": True}}, "'model.learn_sigma' is true, but only the DiT", ""),
     ({"objective": {"prediction": "flow", "min_snr_gamma": 5}}, "'objective.min_snr_gamma'", "not flow"),
     ({"train": {"null_condition": "nothing"}}, "'train.null_condition' is 'nothing'", ""),
-    ({"data": {"resolution": 8}}, "Resolution 8 is out of range", ""),
+    ({"data": {"resolution": 8}}, "Config section 'data': Resolution 8 is out of range", ""),
     ({"model": {"preset": "DiT-M/2"}}, "'model.preset' is 'DiT-M/2'", "DiT-S/2"),
     ({"train": {"caption_dropout": 1.5}}, "'train.caption_dropout' is 1.5", ""),
-    ({"sample": {"scheduler": "warp"}}, "Unknown scheduler 'warp'", ""),
+    ({"sample": {"scheduler": "warp"}}, "Config key 'sample.scheduler': Unknown scheduler 'warp'", ""),
+    ({"train": {"checkpoints_total_limit": -1}}, "'train.checkpoints_total_limit' is -1; keep at least 1", ""),
+    ({"train": {"max_grad_norm": -1.0}}, "'train.max_grad_norm' is -1.0; use a positive value", ""),
+    ({"train": {"adam_beta2": 1.5}}, "'train.adam_beta2' is 1.5", ""),
+    ({"objective": {"logit_std": 0}}, "'objective.logit_std' is 0.0; it must be positive", ""),
+    ({"condition": {"source": "class_labels", "num_classes": 32}, "sample": {"class_labels": [40]}},
+     "'sample.class_labels' is [40]; use class ids from 0 to 31", ""),
 ]
 
 

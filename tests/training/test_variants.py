@@ -1,5 +1,6 @@
 """Latent training, each objective and class labels train a few steps and sample through the pipeline."""
 
+import contextlib
 import json
 
 import pytest
@@ -55,26 +56,35 @@ def test_unet_with_a_transformers_clip_and_the_zeros_null(tmp_path, tiny_transfo
     assert sample(run, prompt="a green square").shape == (1, 3, 16, 16)
 
 
-def test_sample_grids_use_the_ema_and_put_the_training_weights_back(tmp_path, monkeypatch):
-    seen = {}
-    write = trainer.write_samples
+def test_sample_grids_and_evaluation_use_the_ema_and_put_the_training_weights_back(tmp_path, monkeypatch):
+    swaps = []
+    swap = trainer.ema_weights
 
-    def spy(run, step, pipe, config, accelerator):
-        seen["during"] = {k: v.clone() for k, v in pipe.denoiser.state_dict().items()}
-        seen["model"] = pipe.denoiser
-        return write(run, step, pipe, config, accelerator)
+    @contextlib.contextmanager
+    def spy(ema, model):
+        before = {k: v.clone() for k, v in model.state_dict().items()}
+        with swap(ema, model):
+            inside = [p.detach().clone() for p in model.parameters()]
+            yield
+        after = model.state_dict()
+        swaps.append((before, after, inside, [s.clone() for s in ema.shadow_params], model.training))
 
-    monkeypatch.setattr(trainer, "write_samples", spy)
-    run = tiny_run(tmp_path / "run", "train.max_steps=2", "train.sample_every=2", "train.ema_decay=0.5")
+    monkeypatch.setattr(trainer, "ema_weights", spy)
+    run = tiny_run(tmp_path / "run", "train.max_steps=2", "train.sample_every=2", "train.eval_every=2",
+                   "train.ema_decay=0.5", "data.resolution=32", "eval.scenes=4")
     assert (run / "samples" / "step-000002.png").is_file()
-    after = seen["model"].state_dict()
-    ema = torch.load(run / "checkpoints" / "checkpoint-2" / "custom_checkpoint_1.pkl", weights_only=False)
-    trained = [p for p in seen["model"].parameters()]
-    # During sampling the weights were the EMA's; afterwards they are the trained ones again (not the EMA's).
-    assert all(torch.equal(a, b) for a, b in zip(ema["shadow_params"], [seen["during"][k] for k in after],
-                                                 strict=True))
-    assert any(not torch.equal(p, s) for p, s in zip(trained, ema["shadow_params"], strict=True))
-    assert seen["model"].training
+    assert len(swaps) == 3  # the sample grid, the evaluation, the final pipeline
+    for before, after, inside, shadow, training in swaps[:2]:
+        assert all(torch.equal(before[k], after[k]) for k in before)  # the training weights, exactly
+        assert all(torch.equal(p, s) for p, s in zip(inside, shadow, strict=True))  # the EMA's inside
+        assert any(not torch.equal(p, before[k]) for p, k in zip(inside, before, strict=False))
+        assert training
+
+
+def test_bf16_autocast_trains(tmp_path):
+    run = tiny_run(tmp_path / "run", "train.max_steps=2", "train.mixed_precision=bf16")
+    losses = [json.loads(line)["loss"] for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert len(losses) == 2 and all(0 < loss < 10 for loss in losses)
 
 
 def test_a_non_finite_loss_stops_the_run_naming_the_step_and_keeps_the_checkpoints(tmp_path, monkeypatch):
