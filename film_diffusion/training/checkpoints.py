@@ -1,23 +1,35 @@
 """Checkpoints that are either complete or ignored: written under a temporary name, renamed when done.
 
-A checkpoint is Accelerate's ``save_state`` (model weights as safetensors, optimizer, RNG states, and
-every object registered for checkpointing: the EMA, the lr schedule, the run's step and generator).
+A checkpoint is Accelerate's ``save_state`` (model weights as safetensors, optimizer, RNG states) plus the
+run's own state, written here without pickle: every tensor (the EMA weights, the generator state) in
+``run_state.safetensors`` and every other value (step, log window, lr schedule, EMA counters) in
+``run_state.json``. The same state is on every process, so the main process writes it.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
+import torch
 from accelerate import Accelerator
+from safetensors.torch import load_file, save_file
 
 from film_diffusion.errors import UserError
 
 CHECKPOINTS = "checkpoints"
 COMPLETE = re.compile(r"checkpoint-(\d+)")
 PARTIAL_SUFFIX = ".partial"
+STATE_TENSORS = "run_state.safetensors"
+STATE_VALUES = "run_state.json"
+
+Stateful = Any
+"""An object with ``state_dict()`` / ``load_state_dict()`` whose state is tensors, lists of tensors and JSON values."""
 
 
 def checkpoint_dirs(run: Path) -> list[Path]:
@@ -29,9 +41,10 @@ def checkpoint_dirs(run: Path) -> list[Path]:
     return [p for _, p in sorted(found)]
 
 
-def save_checkpoint(accelerator: Accelerator, run: Path, step: int, keep: int | None) -> Path:
+def save_checkpoint(accelerator: Accelerator, run: Path, step: int, keep: int | None,
+                    state: Mapping[str, Stateful]) -> Path:
     """Save under ``checkpoint-STEP.partial``, rename to ``checkpoint-STEP`` once every process has
-    written, then drop the oldest complete ones beyond ``keep``."""
+    written, then drop the oldest complete ones beyond ``keep``. ``state`` names the run's own objects."""
     final = run / CHECKPOINTS / f"checkpoint-{step}"
     partial = final.with_name(final.name + PARTIAL_SUFFIX)
     if accelerator.is_local_main_process:  # each node's (a multi-node run needs a shared file system)
@@ -40,6 +53,8 @@ def save_checkpoint(accelerator: Accelerator, run: Path, step: int, keep: int | 
         partial.mkdir(parents=True)  # before any process writes its RNG state into it
     accelerator.wait_for_everyone()
     accelerator.save_state(str(partial), safe_serialization=True)
+    if accelerator.is_main_process:
+        save_run_state(partial, state)
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         publish(partial, final)
@@ -48,6 +63,54 @@ def save_checkpoint(accelerator: Accelerator, run: Path, step: int, keep: int | 
             shutil.rmtree(old)
     accelerator.wait_for_everyone()
     return final
+
+
+def save_run_state(folder: Path, state: Mapping[str, Stateful]) -> None:
+    """Each object's state dict, split into tensors (safetensors) and the rest (JSON)."""
+    tensors: dict[str, torch.Tensor] = {}
+    values: dict[str, Any] = {}
+    for name, obj in state.items():
+        values[name] = _split(obj.state_dict(), f"{name}.", tensors)
+    save_file({k: t.detach().cpu().contiguous() for k, t in tensors.items()}, folder / STATE_TENSORS)
+    (folder / STATE_VALUES).write_text(json.dumps(values, indent=1))
+
+
+def load_run_state(folder: Path, state: Mapping[str, Stateful], device: torch.device) -> None:
+    """The inverse of :func:`save_run_state`, tensors back on ``device`` (a generator's state stays on the CPU)."""
+    files = [folder / STATE_TENSORS, folder / STATE_VALUES]
+    if not all(f.is_file() for f in files):
+        raise UserError(f"Checkpoint '{folder}' has no {STATE_TENSORS} / {STATE_VALUES}; it was not written by this "
+                        "version of film-diffusion or is damaged. Resume from another checkpoint.")
+    tensors = load_file(folder / STATE_TENSORS)
+    values = json.loads((folder / STATE_VALUES).read_text())
+    for name, obj in state.items():
+        obj.load_state_dict(_join(values[name], tensors, device))
+
+
+_TENSOR = "__tensor__"
+
+
+def _split(value: Any, key: str, tensors: dict[str, torch.Tensor]) -> Any:
+    """JSON values as they are; each tensor replaced by a reference to its key in ``tensors``."""
+    if isinstance(value, torch.Tensor):
+        tensors[key] = value
+        return {_TENSOR: key}
+    if isinstance(value, Mapping):
+        return {k: _split(v, f"{key}{k}.", tensors) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_split(v, f"{key}{i}.", tensors) for i, v in enumerate(value)]
+    return value
+
+
+def _join(value: Any, tensors: dict[str, torch.Tensor], device: torch.device) -> Any:
+    if isinstance(value, dict) and set(value) == {_TENSOR}:
+        tensor = tensors[value[_TENSOR]]
+        return tensor if tensor.dtype == torch.uint8 else tensor.to(device)  # generator states stay on the CPU
+    if isinstance(value, dict):
+        return {k: _join(v, tensors, device) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_join(v, tensors, device) for v in value]
+    return value
 
 
 def publish(partial: Path, final: Path) -> None:

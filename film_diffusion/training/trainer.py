@@ -37,7 +37,13 @@ from film_diffusion.grid import labelled_grid
 from film_diffusion.pipelines import FilmDiffusionPipeline
 from film_diffusion.pipelines.schedulers import scheduler_from_name
 from film_diffusion.training.build import build_dataset, build_denoiser, build_encoder, build_vae, latent_shape
-from film_diffusion.training.checkpoints import checkpoint_step, publish, resolve_resume, save_checkpoint
+from film_diffusion.training.checkpoints import (
+    checkpoint_step,
+    load_run_state,
+    publish,
+    resolve_resume,
+    save_checkpoint,
+)
 from film_diffusion.training.config import ExperimentConfig, check_config
 from film_diffusion.training.objectives import diffusion_loss, noise_scheduler, noisy_batch
 from film_diffusion.training.randomness import ShardedRandom
@@ -104,10 +110,10 @@ def train(config: ExperimentConfig, resume: str | None = None) -> Path:
     ema = EMAModel(denoiser.parameters(), decay=tc.ema_decay)
     random = ShardedRandom(config.seed, accelerator.process_index, accelerator.num_processes, device)
     progress = RunProgress()
-    accelerator.register_for_checkpointing(lr_schedule, ema, random, progress)
+    run_state = {"progress": progress, "lr_schedule": lr_schedule, "ema": ema, "random": random}
     if start_from is not None:
         accelerator.load_state(str(start_from))
-        ema.to(device)  # Accelerate loads registered objects on the CPU
+        load_run_state(start_from, run_state, device)
         if progress.step != checkpoint_step(start_from):
             raise UserError(f"Checkpoint '{start_from}' records step {progress.step}, not its name's; it is damaged.")
         if accelerator.is_main_process:
@@ -181,7 +187,7 @@ def train(config: ExperimentConfig, resume: str | None = None) -> Path:
             with open(run / METRICS, "a") as f:
                 f.write(json.dumps({"step": progress.step, **scores}) + "\n")
         if (tc.checkpoint_every and progress.step % tc.checkpoint_every == 0) or progress.step == tc.max_steps:
-            save_checkpoint(accelerator, run, progress.step, tc.checkpoints_total_limit)
+            save_checkpoint(accelerator, run, progress.step, tc.checkpoints_total_limit, run_state)
     bar.close()
 
     if accelerator.is_main_process:

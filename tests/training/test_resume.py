@@ -25,8 +25,8 @@ class Killed(Exception):
 def kill_after_checkpoint(monkeypatch, step: int) -> None:
     """The process dies right after checkpoint ``step`` is complete, as a kill would leave it."""
 
-    def save_then_die(accelerator, run, saved_step, keep):
-        path = save_checkpoint(accelerator, run, saved_step, keep)
+    def save_then_die(accelerator, run, saved_step, keep, state):
+        path = save_checkpoint(accelerator, run, saved_step, keep, state)
         if saved_step == step:
             raise Killed
         return path
@@ -39,7 +39,8 @@ def states(run):
     return {
         "model": load_file(checkpoint / "model.safetensors"),
         "optimizer": torch.load(checkpoint / "optimizer.bin", weights_only=True),
-        "custom": [torch.load(checkpoint / f"custom_checkpoint_{i}.pkl", weights_only=False) for i in range(4)],
+        "run_state": load_file(checkpoint / "run_state.safetensors"),  # EMA weights, generator state
+        "run_values": json.loads((checkpoint / "run_state.json").read_text()),  # step, lr schedule, EMA counters
         # every logged number but the wall-clock speed
         "metrics": [{k: v for k, v in json.loads(line).items() if k != "images_per_s"}
                     for line in (run / "metrics.jsonl").read_text().splitlines()],
@@ -73,8 +74,8 @@ def test_killed_and_resumed_run_equals_an_uninterrupted_one(tmp_path, monkeypatc
     a, b = states(whole), states(resumed)
     assert_equal(a, b)  # weights, optimizer, lr schedule, EMA, generator, step, log rows, final EMA pipeline
     assert [row["step"] for row in a["metrics"]] == [2, 4, 6]
-    ema_state = a["custom"][1]
-    assert ema_state["optimization_step"] == 6
+    assert a["run_values"]["ema"]["optimization_step"] == 6 and a["run_values"]["progress"]["step"] == 6
+    assert not list((resumed / "checkpoints" / "checkpoint-6").glob("custom_checkpoint_*"))  # no pickled state
 
 
 def test_resume_latest_skips_a_half_written_checkpoint_and_refuses_a_finished_folder(tmp_path, monkeypatch, capsys):
@@ -91,6 +92,10 @@ def test_resume_latest_skips_a_half_written_checkpoint_and_refuses_a_finished_fo
     assert (tmp_path / "run" / "checkpoints" / "checkpoint-6").is_dir() and not partial.exists()
     with pytest.raises(UserError, match="already holds a run; pass --resume latest"):
         tiny_run(tmp_path / "run", *RUN)
+    damaged = tmp_path / "run" / "checkpoints" / "checkpoint-6"
+    (damaged / "run_state.json").unlink()
+    with pytest.raises(UserError, match="has no run_state.safetensors / run_state.json; it was not written by"):
+        tiny_run(tmp_path / "run", *RUN, "train.max_steps=8", resume=str(damaged))
 
 
 def test_the_lr_schedule_counts_optimizer_steps_whatever_the_accumulation(tmp_path):
