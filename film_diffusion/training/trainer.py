@@ -23,7 +23,7 @@ from accelerate import Accelerator
 from accelerate.utils import DistributedType, ProjectConfiguration, set_seed
 from diffusers.optimization import get_scheduler
 from diffusers.training_utils import EMAModel
-from torch.utils.data import DataLoader, Sampler
+from torch.utils.data import DataLoader, Dataset, Sampler
 from tqdm.auto import tqdm
 
 from film_diffusion.config import ConfigError, config_to_dict
@@ -126,8 +126,8 @@ def train(config: ExperimentConfig, resume: str | None = None) -> Path:
     micro = tc.batch_size // (accelerator.num_processes * accum)
     sampler = StreamSampler(len(dataset), micro, accelerator.process_index, accelerator.num_processes,
                             seed=config.seed, start=progress.step * accum)
-    batches = iter(DataLoader(dataset, batch_size=micro, sampler=sampler, collate_fn=collate,
-                              num_workers=config.data.num_workers))
+    batches = iter(DataLoader(SeededItems(dataset, config.seed), batch_size=micro, sampler=sampler,
+                              collate_fn=collate, num_workers=config.data.num_workers))
     conditions = ConditionMaker(encoder, config, denoiser, device)
 
     bar = tqdm(total=tc.max_steps, initial=progress.step, desc="training", disable=not accelerator.is_main_process)
@@ -223,7 +223,7 @@ class RunProgress:
         self.step, self.loss_sum, self.loss_count = state["step"], state["loss_sum"], state["loss_count"]
 
 
-class StreamSampler(Sampler[int]):
+class StreamSampler(Sampler[tuple[int, int]]):
     """An endless stream of dataset indices, reshuffled each epoch from the seed; process ``rank`` of
     ``world`` takes its slice of each global micro-batch. ``start`` (micro-steps already taken) resumes
     mid-epoch at the very next index, without reading the skipped ones."""
@@ -239,14 +239,33 @@ class StreamSampler(Sampler[int]):
             self._order = (epoch, order)
         return self._order[1]
 
-    def __iter__(self) -> Iterator[int]:
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        """(dataset index, position in the stream): the position seeds the item's random augmentation."""
         k = self.start
         while True:
             first = (k * self.world + self.rank) * self.micro_batch
             for position in range(first, first + self.micro_batch):
                 epoch, offset = divmod(position, self.length)
-                yield int(self._epoch_order(epoch)[offset])
+                yield int(self._epoch_order(epoch)[offset]), position
             k += 1
+
+
+class SeededItems(Dataset):
+    """Reads item ``index`` with torch's global RNG seeded from (seed, stream position) for the call, so
+    random augmentation (torchvision's flips and crops) is the same on any number of processes and
+    after a resume, and differs between epochs."""
+
+    def __init__(self, dataset: Dataset, seed: int):
+        self.dataset, self.seed = dataset, seed
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, key: tuple[int, int]) -> dict:
+        index, position = key
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(self.seed * 1_000_003 + position)
+            return self.dataset[index]
 
 
 class ConditionMaker:

@@ -78,6 +78,28 @@ def test_killed_and_resumed_run_equals_an_uninterrupted_one(tmp_path, monkeypatc
     assert not list((resumed / "checkpoints" / "checkpoint-6").glob("custom_checkpoint_*"))  # no pickled state
 
 
+def test_random_flips_and_crops_of_a_folder_resume_exactly(tmp_path, monkeypatch, tiny_image_folder):
+    folder = ["data.name=folder", f"data.root={tiny_image_folder}", "data.random_flip=true", "data.center_crop=false"]
+    whole = tiny_run(tmp_path / "whole", *RUN, *folder)
+    kill_after_checkpoint(monkeypatch, 3)
+    with pytest.raises(Killed):
+        tiny_run(tmp_path / "killed", *RUN, *folder)
+    monkeypatch.undo()
+    assert_equal(states(whole), states(tiny_run(tmp_path / "killed", *RUN, *folder, resume="latest")))
+
+
+def test_seeded_items_repeat_an_augmentation_by_stream_position(tiny_image_folder):
+    from film_diffusion.data.folder import ImageFolderDataset
+    from film_diffusion.training.trainer import SeededItems
+
+    items = SeededItems(ImageFolderDataset(tiny_image_folder, 16, center_crop=False, random_flip=True), seed=0)
+    torch.manual_seed(123)  # the global RNG's state does not matter
+    first = items[(3, 40)]["image"]
+    torch.manual_seed(456)
+    assert torch.equal(items[(3, 40)]["image"], first)
+    assert any(not torch.equal(items[(3, p)]["image"], first) for p in range(41, 45))  # other positions differ
+
+
 def test_resume_latest_skips_a_half_written_checkpoint_and_refuses_a_finished_folder(tmp_path, monkeypatch, capsys):
     kill_after_checkpoint(monkeypatch, 3)
     with pytest.raises(Killed):
