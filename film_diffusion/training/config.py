@@ -60,6 +60,7 @@ class ConditionConfig:
     max_length: int = 77  # transformers: token context
     num_classes: int | None = None  # class_labels: how many classes (the null class is one more)
     cache: bool = True  # encode each distinct caption once per run (frozen encoders)
+    embeddings: Path | None = None  # captions pre-encoded by encoders.save_embeddings (needs cache: true)
 
 
 @dataclass
@@ -231,6 +232,9 @@ def check_config(config: ExperimentConfig, num_processes: int = 1) -> None:
     elif condition.source in ("transformers", "open_clip") and not condition.name:
         raise ConfigError(f"Config key 'condition.name' is required with condition.source={condition.source} "
                           "(a hub id, a folder or an open_clip model name).")
+    if condition.embeddings is not None and not (condition.cache and condition.embeddings.is_file()):
+        raise ConfigError(f"Config key 'condition.embeddings' is '{condition.embeddings}'; it needs condition.cache: "
+                          "true and a file written by film_diffusion.encoders.save_embeddings.")
     if data.name == "folder" and data.root is None:
         raise ConfigError("Config key 'data.root' is required with data.name=folder (the image folder with "
                           "metadata.jsonl).")

@@ -274,7 +274,8 @@ class ConditionMaker:
 
     def __init__(self, encoder: TextEncoder | None, config: ExperimentConfig, denoiser: torch.nn.Module,
                  device: torch.device):
-        self.encoder = EmbeddingCache(encoder) if encoder is not None and config.condition.cache else encoder
+        cached = encoder is not None and config.condition.cache
+        self.encoder = EmbeddingCache(encoder, file=config.condition.embeddings) if cached else encoder
         self.null_kind = config.train.null_condition
         self.denoiser, self.device = denoiser, device
 

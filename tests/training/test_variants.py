@@ -101,3 +101,17 @@ def test_a_non_finite_loss_stops_the_run_naming_the_step_and_keeps_the_checkpoin
         tiny_run(tmp_path / "run", "train.max_steps=6", "train.checkpoint_every=2")
     checkpoints = sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir())
     assert checkpoints == ["checkpoint-2"] and not (tmp_path / "run" / "pipeline").exists()
+
+
+def test_pre_encoded_captions_are_read_from_their_file(tmp_path, monkeypatch):
+    from film_diffusion.data.shapes import ShapesDataset
+    from film_diffusion.encoders import builtin_clip, save_embeddings
+
+    scenes = ShapesDataset(16, "train", 0, max_objects=1, length=24, templates=["full"])
+    file = save_embeddings(builtin_clip(), [scenes.scene(i)[1] for i in range(24)], tmp_path / "captions.safetensors")
+    encoded = []
+    real_encode = type(builtin_clip())._encode
+    monkeypatch.setattr(type(builtin_clip()), "_encode", lambda self, captions: encoded.append(captions) or
+                        real_encode(self, captions))
+    tiny_run(tmp_path / "run", "train.max_steps=2", f"condition.embeddings={file}", "train.caption_dropout=0")
+    assert all(batch == [""] for batch in encoded)  # only the null caption was encoded; the rest came from the file
