@@ -133,9 +133,10 @@ def _load_embeddings(path: Path, encoder: TextEncoder) -> dict[str, Row]:
 
 
 def _rows(condition: Condition) -> list[Row]:
-    """Split a batch into per-caption rows that own their memory (a view would pin the whole batch)."""
+    """Split a batch into per-caption rows that own their memory (a view would pin the whole batch), kept
+    in host memory: a run's captions would otherwise fill the GPU (240 KB each for CLIP-L)."""
     return [
-        (t.clone(), m.clone(), p.clone())
+        (t.to("cpu", copy=True), m.to("cpu", copy=True), p.to("cpu", copy=True))
         for t, m, p in zip(condition.tokens, condition.mask, condition.pooled, strict=True)
     ]
 
