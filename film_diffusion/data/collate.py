@@ -1,5 +1,5 @@
-"""Batching items of either dataset: images stack, captions and ground truths stay lists (a scene's
-object list has its own length, which torch's default collate cannot batch)."""
+"""Batching items of any of our datasets: tensors stack, integers become a tensor, everything else
+(captions, a scene's object list, which has its own length) stays a list."""
 
 from __future__ import annotations
 
@@ -9,11 +9,15 @@ import torch
 
 
 def collate(items: Sequence[dict]) -> dict:
-    """``{"image": [B, 3, H, W], "caption": [str] * B}`` plus ``"objects"`` and ``"label"`` (``[B]``) when
-    the items carry them."""
-    batch = {"image": torch.stack([it["image"] for it in items]), "caption": [it["caption"] for it in items]}
-    if "objects" in items[0]:
-        batch["objects"] = [it["objects"] for it in items]
-    if "label" in items[0]:
-        batch["label"] = torch.tensor([it["label"] for it in items])
+    """``{"image": [B, 3, H, W], "caption": [str] * B}``, plus ``"objects"`` (lists), ``"label"`` (``[B]``)
+    or stored latents, whichever the items carry."""
+    batch = {}
+    for key in items[0]:
+        values = [item[key] for item in items]
+        if isinstance(values[0], torch.Tensor):
+            batch[key] = torch.stack(values)
+        elif isinstance(values[0], int) and not isinstance(values[0], bool):
+            batch[key] = torch.tensor(values)
+        else:
+            batch[key] = values
     return batch

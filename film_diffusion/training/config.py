@@ -83,6 +83,9 @@ class DataConfig:
 class VaeConfig:
     name_or_path: str | None = None  # an AutoencoderKL hub id or folder; None: pixel space
     subfolder: str | None = None  # e.g. "vae" inside a pipeline repository
+    precompute: bool = False  # encode the dataset once (posterior mean and std in RUN/latents.safetensors), as
+    #                           fast-DiT does; each step then only draws the latent. Needs data without random
+    #                           augmentation.
 
 
 @dataclass
@@ -244,5 +247,8 @@ def check_config(config: ExperimentConfig, num_processes: int = 1) -> None:
     if config.eval.scenes < 2 or config.eval.batch_size < 1:
         raise ConfigError(f"Config keys 'eval.scenes' ({config.eval.scenes}) and 'eval.batch_size' "
                           f"({config.eval.batch_size}) must be at least 2 and 1.")
+    if config.vae.precompute and (config.vae.name_or_path is None or data.random_flip or not data.center_crop):
+        raise ConfigError("Config key 'vae.precompute' needs vae.name_or_path and data without random augmentation "
+                          "(data.random_flip: false, data.center_crop: true): stored latents are of fixed images.")
     if data.num_workers < 0:
         raise ConfigError(f"Config key 'data.num_workers' is {data.num_workers}; use 0 or more.")

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import os
 import shutil
 import time
 from collections.abc import Iterator
@@ -23,6 +24,8 @@ from accelerate import Accelerator
 from accelerate.utils import DistributedType, ProjectConfiguration, set_seed
 from diffusers.optimization import get_scheduler
 from diffusers.training_utils import EMAModel
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
 from torch.utils.data import DataLoader, Dataset, Sampler
 from tqdm.auto import tqdm
 
@@ -49,6 +52,7 @@ from film_diffusion.training.objectives import diffusion_loss, noise_scheduler, 
 from film_diffusion.training.randomness import ShardedRandom
 
 METRICS = "metrics.jsonl"
+LATENTS = "latents.safetensors"
 
 
 def train(config: ExperimentConfig, resume: str | None = None) -> Path:
@@ -122,6 +126,8 @@ def train(config: ExperimentConfig, resume: str | None = None) -> Path:
     # TensorBoard drops events logged after the checkpoint, as metrics.jsonl drops its rows.
     accelerator.init_trackers("film-diffusion", init_kwargs={"tensorboard": {"purge_step": progress.step + 1}})
 
+    if config.vae.precompute:
+        dataset = StoredLatents(dataset, encode_dataset(run / LATENTS, dataset, vae, accelerator))
     accum = tc.gradient_accumulation_steps
     micro = tc.batch_size // (accelerator.num_processes * accum)
     sampler = StreamSampler(len(dataset), micro, accelerator.process_index, accelerator.num_processes,
@@ -140,7 +146,7 @@ def train(config: ExperimentConfig, resume: str | None = None) -> Path:
             batch = next(batches)
             sync = contextlib.nullcontext() if i == accum - 1 else accelerator.no_sync(model)
             with sync:
-                x0 = _encode_images(vae, batch["image"].to(device), random)
+                x0 = _latents(vae, batch, random, device)
                 inputs = conditions(batch, random.rand(len(x0)) < tc.caption_dropout)
                 noisy = noisy_batch(config.objective, scheduler, x0, random)
                 with accelerator.autocast():
@@ -289,15 +295,63 @@ class ConditionMaker:
         return {"condition": cond.where(drop, null.to(self.device))}
 
 
-def _encode_images(vae, images: torch.Tensor, random: ShardedRandom) -> torch.Tensor:
-    """Pixels in pixel space; otherwise a latent drawn from the VAE's posterior with the run's generator."""
+def _latents(vae, batch: dict, random: ShardedRandom, device: torch.device) -> torch.Tensor:
+    """Pixels in pixel space; otherwise a latent drawn from the VAE's posterior (encoded now, or stored by
+    ``vae.precompute``) with the run's generator."""
     if vae is None:
-        return images
-    with torch.no_grad():
-        posterior = vae.encode(images.to(vae.dtype)).latent_dist
-        latents = posterior.mean + posterior.std * random.randn(tuple(posterior.mean.shape)).to(posterior.mean.dtype)
+        return batch["image"].to(device)
+    if "latent_mean" in batch:
+        mean, std = batch["latent_mean"].to(device), batch["latent_std"].to(device)
+    else:
+        with torch.no_grad():
+            posterior = vae.encode(batch["image"].to(device, vae.dtype)).latent_dist
+        mean, std = posterior.mean, posterior.std
+    latents = mean + std * random.randn(tuple(mean.shape)).to(mean.dtype)
     shift = vae.config.get("shift_factor") or 0.0
     return ((latents - shift) * vae.config.scaling_factor).float()
+
+
+def encode_dataset(path: Path, dataset: Dataset, vae, accelerator: Accelerator, batch_size: int = 32) -> Path:
+    """The VAE posterior (mean, std) of every image, with its caption and label, once per run (a resumed run
+    reuses the file), written by the main process as safetensors under a temporary name."""
+    if accelerator.is_main_process and not path.exists():
+        tensors: dict[str, list[torch.Tensor]] = {"mean": [], "std": [], "label": []}
+        captions: list[str] = []
+        for start in tqdm(range(0, len(dataset), batch_size), desc="encoding latents"):
+            batch = collate([dataset[i] for i in range(start, min(start + batch_size, len(dataset)))])
+            with torch.no_grad():
+                posterior = vae.encode(batch["image"].to(accelerator.device, vae.dtype)).latent_dist
+            tensors["mean"].append(posterior.mean.cpu())
+            tensors["std"].append(posterior.std.cpu())
+            tensors["label"] += [batch["label"]] if "label" in batch else []
+            captions += batch["caption"]
+        partial = path.with_name(path.name + ".partial")
+        save_file({k: torch.cat(v).contiguous() for k, v in tensors.items() if v}, partial,
+                  metadata={"captions": json.dumps(captions)})
+        os.replace(partial, path)
+    accelerator.wait_for_everyone()
+    return path
+
+
+class StoredLatents(Dataset):
+    """Items read from :func:`encode_dataset`'s file alone: the stored posterior (``latent_mean``,
+    ``latent_std``), the caption and, for class labels, the label; no image is read or decoded."""
+
+    def __init__(self, dataset: Dataset, path: Path):
+        with safe_open(path, "pt") as f:
+            self.captions = json.loads(f.metadata()["captions"])
+        self.stored = load_file(path)
+        if len(self.captions) != len(dataset):
+            raise UserError(f"'{path}' holds latents of {len(self.captions)} images, but the dataset has "
+                            f"{len(dataset)}; delete it to encode the dataset again.")
+
+    def __len__(self) -> int:
+        return len(self.captions)
+
+    def __getitem__(self, index: int) -> dict:
+        item = {"caption": self.captions[index], "latent_mean": self.stored["mean"][index],
+                "latent_std": self.stored["std"][index]}
+        return item | ({"label": int(self.stored["label"][index])} if "label" in self.stored else {})
 
 
 @contextlib.contextmanager

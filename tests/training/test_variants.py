@@ -115,3 +115,20 @@ def test_pre_encoded_captions_are_read_from_their_file(tmp_path, monkeypatch):
                         real_encode(self, captions))
     tiny_run(tmp_path / "run", "train.max_steps=2", f"condition.embeddings={file}", "train.caption_dropout=0")
     assert all(batch == [""] for batch in encoded)  # only the null caption was encoded; the rest came from the file
+
+
+@pytest.mark.parametrize("source", ["text", "labels"])
+def test_precomputed_latents_train_as_encoding_each_step_does(source, tmp_path, tiny_vae_folder):
+    labels = ["condition.source=class_labels", "condition.num_classes=32", "model.conditioning=[adaln_zero]"]
+    common = ["train.max_steps=3", f"vae.name_or_path={tiny_vae_folder}", *(labels if source == "labels" else [])]
+    live = tiny_run(tmp_path / "live", *common)
+    stored = tiny_run(tmp_path / "stored", *common, "vae.precompute=true")
+    assert (stored / "latents.safetensors").is_file() and not (live / "latents.safetensors").exists()
+
+    def losses(run):
+        return [json.loads(line)["loss"] for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+    # The same posterior, the same draws: only the VAE's batch size (24 images at once, or 4) differs.
+    assert losses(stored) == pytest.approx(losses(live), rel=1e-4)
+    with pytest.raises(UserError, match="'vae.precompute' needs vae.name_or_path and data without random"):
+        tiny_run(tmp_path / "bad", *common, "vae.precompute=true", "data.random_flip=true")
