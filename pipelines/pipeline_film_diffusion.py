@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Sequence
-from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
@@ -182,7 +181,7 @@ class FilmDiffusionPipeline(DiffusionPipeline):
                 null = null_condition(self.text_encoder, self.config.null_condition, len(index),
                                       learned=self.denoiser.conditioner.learned_null)
                 uncond["condition"] = null.to(device)
-                cond["condition"] = _fields_of(cond["condition"], null)
+                cond["condition"] = cond["condition"].fields_of(null)
             else:
                 negatives = _as_prompts(negative_prompt, "negative_prompt")
                 if len(negatives) not in (1, len(prompts)):
@@ -274,13 +273,6 @@ def _as_prompts(prompt: str | Sequence[str], name: str) -> list[str]:
     if not prompts or not all(isinstance(p, str) for p in prompts):
         raise UserError(f"{name} must be a caption or a non-empty list of captions.")
     return prompts
-
-
-def _fields_of(condition: Condition, like: Condition) -> Condition:
-    """``condition`` keeping only the fields ``like`` has: a learned null holds just the inputs the model reads,
-    and the two halves must have the same fields to go through the model in one batch."""
-    return Condition(**{f.name: getattr(condition, f.name) if getattr(like, f.name) is not None else None
-                        for f in fields(Condition)})
 
 
 def _batch_size(inputs: ModelInputs) -> int:

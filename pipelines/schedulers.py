@@ -51,8 +51,11 @@ def is_flow_scheduler(scheduler: SchedulerMixin | type[SchedulerMixin]) -> bool:
 
 def takes_learned_variance(scheduler: SchedulerMixin) -> bool:
     """Whether the scheduler reads a learned variance from the model output's second half."""
-    learned = scheduler.config.get("variance_type") in LEARNED_VARIANCE_TYPES
-    return learned and type(scheduler).__name__ in VARIANCE_READERS
+    return _set_to_learned_variance(scheduler) and type(scheduler).__name__ in VARIANCE_READERS
+
+
+def _set_to_learned_variance(scheduler: SchedulerMixin) -> bool:
+    return scheduler.config.get("variance_type") in LEARNED_VARIANCE_TYPES
 
 
 def _has_variance_type(cls: type[SchedulerMixin]) -> bool:
@@ -64,7 +67,7 @@ def check_scheduler(scheduler: SchedulerMixin, model_scheduler: SchedulerMixin |
     """Refuse a scheduler that would misread the model: one that keeps only three channels of a learned
     variance, or one of the other kind (flow matching / diffusion) than the model's ``model_scheduler``."""
     if (_has_variance_type(type(scheduler)) and type(scheduler).__name__ not in VARIANCE_READERS
-            and scheduler.config.get("variance_type") in LEARNED_VARIANCE_TYPES):
+            and _set_to_learned_variance(scheduler)):
         raise UserError(f"A {type(scheduler).__name__} with variance_type={scheduler.config.variance_type!r} keeps "
                         "only three channels of the model output; build it with variance_type=None (the pipeline "
                         "then gives it the epsilon half) or use DDPM to sample with the learned variance.")

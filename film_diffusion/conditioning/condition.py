@@ -65,13 +65,20 @@ class Condition:
         return Condition(**{f.name: None if getattr(self, f.name) is None else getattr(self, f.name)[index]
                             for f in fields(self)})
 
+    def fields_of(self, other: Condition) -> Condition:
+        """This condition without the fields ``other`` lacks: a learned null holds only the inputs its model
+        reads, and a caption batched with it (guidance, caption dropout) must have the same fields."""
+        return Condition(**{f.name: None if getattr(other, f.name) is None else getattr(self, f.name)
+                            for f in fields(Condition)})
+
     def where(self, replace: torch.Tensor, other: Condition) -> Condition:
-        """Per sample, ``other`` where ``replace [B]`` is True, else this condition (caption dropout). A field
-        ``other`` lacks is dropped: a learned null holds only the inputs its model reads."""
+        """Per sample, ``other`` where ``replace [B]`` is True, else this condition (caption dropout); fields
+        ``other`` lacks are dropped (see :meth:`fields_of`)."""
+        kept = self.fields_of(other)
         out = {}
         for f in fields(Condition):
-            mine, theirs = getattr(self, f.name), getattr(other, f.name)
-            if mine is None or theirs is None:
+            mine, theirs = getattr(kept, f.name), getattr(other, f.name)
+            if mine is None:
                 out[f.name] = None
                 continue
             pick = replace.view(-1, *([1] * (mine.ndim - 1)))

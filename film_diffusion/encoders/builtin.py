@@ -6,7 +6,7 @@ from pathlib import Path
 
 from film_diffusion.cache import cache_dir
 from film_diffusion.encoders.base import Layer
-from film_diffusion.encoders.clip_openclip import WEIGHTS_FILE, OpenCLIP
+from film_diffusion.encoders.clip_openclip import LOCAL_DIR, WEIGHTS_FILE, OpenCLIP
 from film_diffusion.encoders.pretrain_clip import PretrainClipConfig, pretrain_clip
 
 SHIPPED = Path(__file__).resolve().parents[1] / "assets" / "clip_builtin"
@@ -22,6 +22,6 @@ def builtin_clip(layer: Layer = "last", *, trainable: bool = False) -> OpenCLIP:
     copy, else trained now with the default config (about 10 minutes on 2 CPU cores) and cached."""
     for folder in (SHIPPED, cache_folder()):
         if (folder / WEIGHTS_FILE).is_file():
-            return OpenCLIP(f"local-dir:{folder}", layer=layer, trainable=trainable)
+            return OpenCLIP(f"{LOCAL_DIR}{folder}", layer=layer, trainable=trainable)
     folder = pretrain_clip(PretrainClipConfig(output_dir=cache_folder()))
-    return OpenCLIP(f"local-dir:{folder}", layer=layer, trainable=trainable)
+    return OpenCLIP(f"{LOCAL_DIR}{folder}", layer=layer, trainable=trainable)

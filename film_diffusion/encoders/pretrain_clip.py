@@ -29,7 +29,7 @@ from film_diffusion.config import config_to_dict, load_config
 from film_diffusion.data.captions import TEMPLATES, caption
 from film_diffusion.data.render import render
 from film_diffusion.data.shapes import ShapesDataset, to_tensor
-from film_diffusion.encoders.clip_openclip import CONFIG_FILE, WEIGHTS_FILE, OpenCLIP
+from film_diffusion.encoders.clip_openclip import CONFIG_FILE, LOCAL_DIR, WEIGHTS_FILE, OpenCLIP
 from film_diffusion.encoders.clip_retrieval import evaluate_clip
 from film_diffusion.encoders.counterfactuals import ATTRIBUTES, variants
 from film_diffusion.errors import UserError
@@ -105,7 +105,7 @@ def pretrain_clip(config: PretrainClipConfig) -> Path:
 
     torch.manual_seed(config.train.seed)
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    encoder = OpenCLIP(f"local-dir:{out}", trainable=True).to(device)
+    encoder = OpenCLIP(f"{LOCAL_DIR}{out}", trainable=True).to(device)
     start = time.perf_counter()
     train(encoder, config)
     seconds = time.perf_counter() - start
@@ -114,7 +114,7 @@ def pretrain_clip(config: PretrainClipConfig) -> Path:
     save_file(state, out / (WEIGHTS_FILE + ".partial"))
     os.replace(out / (WEIGHTS_FILE + ".partial"), out / WEIGHTS_FILE)  # never leave a half-written checkpoint
 
-    frozen = OpenCLIP(f"local-dir:{out}").to(device)
+    frozen = OpenCLIP(f"{LOCAL_DIR}{out}").to(device)
     held_out = ShapesDataset(config.data.resolution, config.eval.split, config.data.seed, config.data.max_objects)
     metrics = {"train_seconds": round(seconds, 1), "threads": torch.get_num_threads(), "device": device}
     metrics |= evaluate_clip(frozen, held_out, config.eval.scenes, config.eval.pairs, seed=config.data.seed)

@@ -135,6 +135,7 @@ def train(config: ExperimentConfig, resume: str | None = None) -> Path:
     batches = iter(DataLoader(SeededItems(dataset, config.seed), batch_size=micro, sampler=sampler,
                               collate_fn=collate, num_workers=config.data.num_workers))
     conditions = ConditionMaker(encoder, config, denoiser, device)
+    pipe = make_pipeline(denoiser, sample_scheduler, encoder, vae, config)  # shares the denoiser's weights
 
     bar = tqdm(total=tc.max_steps, initial=progress.step, desc="training", disable=not accelerator.is_main_process)
     seconds: list[float] = []  # per step since the last log row
@@ -178,27 +179,24 @@ def train(config: ExperimentConfig, resume: str | None = None) -> Path:
             bar.set_postfix(loss=f"{row['loss']:.4f}", img_s=f"{row['images_per_s']:.1f}")
             accelerator.log({k: v for k, v in row.items() if k != "step" and v is not None}, step=progress.step)
             if accelerator.is_main_process:
-                with open(run / METRICS, "a") as f:
-                    f.write(json.dumps(row) + "\n")
+                _append_metrics(run, row)
         if tc.sample_every and progress.step % tc.sample_every == 0 and accelerator.is_main_process:
             with ema_weights(ema, denoiser):
-                write_samples(run, progress.step, make_pipeline(denoiser, sample_scheduler, encoder, vae, config),
-                              config, accelerator)
+                write_samples(run, progress.step, pipe, config, accelerator)
         if tc.eval_every and (progress.step % tc.eval_every == 0 or progress.step == tc.max_steps) \
                 and accelerator.is_main_process:
             with ema_weights(ema, denoiser):
-                scores = evaluate(make_pipeline(denoiser, sample_scheduler, encoder, vae, config), config)
+                scores = evaluate(pipe, config)
             bar.write(f"step {progress.step}: " + ", ".join(f"{k} {v:.4f}" for k, v in scores.items()))
             accelerator.log(scores, step=progress.step)
-            with open(run / METRICS, "a") as f:
-                f.write(json.dumps({"step": progress.step, **scores}) + "\n")
+            _append_metrics(run, {"step": progress.step, **scores})
         if (tc.checkpoint_every and progress.step % tc.checkpoint_every == 0) or progress.step == tc.max_steps:
             save_checkpoint(accelerator, run, progress.step, tc.checkpoints_total_limit, run_state)
     bar.close()
 
     if accelerator.is_main_process:
         with ema_weights(ema, denoiser):
-            save_pipeline(run / "pipeline", make_pipeline(denoiser, sample_scheduler, encoder, vae, config))
+            save_pipeline(run / "pipeline", pipe)
     accelerator.wait_for_everyone()
     accelerator.end_training()
     return run
@@ -421,6 +419,11 @@ def save_pipeline(folder: Path, pipe: FilmDiffusionPipeline) -> None:
 
 def _default_sampler(config: ExperimentConfig) -> str:
     return "flow_euler" if config.objective.prediction == "flow" else "ddim"
+
+
+def _append_metrics(run: Path, row: dict) -> None:
+    with open(run / METRICS, "a") as f:
+        f.write(json.dumps(row) + "\n")
 
 
 def _truncate_metrics(path: Path, step: int) -> None:
