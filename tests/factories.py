@@ -17,7 +17,8 @@ METHOD_LISTS = [
     ["film", "cross_attention"],
     ["film", "concat"],
 ]
-CASES = [(b, m, r) for b in ("dit", "unet") for m in METHOD_LISTS for r in ("native", "with_condition")]
+BACKBONES = ("dit", "dit_ffnified", "unet")  # dit_ffnified: the DiT with FFNet's attention-free token mixer
+CASES = [(b, m, r) for b in BACKBONES for m in METHOD_LISTS for r in ("native", "with_condition")]
 
 
 def case_id(case) -> str:
@@ -26,9 +27,12 @@ def case_id(case) -> str:
 
 
 def tiny_model(backbone: str, conditioning=None, timestep_route: str = "native", **kwargs) -> torch.nn.Module:
-    """A CPU-sized DiT or U-Net taking text conditions of the widths below."""
+    """A CPU-sized DiT (``dit``, or ``dit_ffnified`` with the FFNified token mixer) or U-Net taking text
+    conditions of the widths below."""
     kwargs = {"cond_token_dim": TOKEN_DIM, "cond_pooled_dim": POOLED_DIM, **kwargs}
-    if backbone == "dit":
+    if backbone == "dit_ffnified":
+        kwargs = {"token_mixer": "ffnified", "mixer_kernel_size": 5, **kwargs}
+    if backbone.startswith("dit"):
         return DiT(sample_size=8, patch_size=2, in_channels=4, hidden_size=32, depth=2, num_heads=4,
                    conditioning=conditioning, timestep_route=timestep_route, **kwargs)
     return UNet(sample_size=8, in_channels=4, block_out_channels=(16, 32), layers_per_block=1,

@@ -15,12 +15,12 @@ from diffusers.models.modeling_utils import ModelMixin
 from torch import nn
 
 from film_diffusion.backbones.output import CheckpointedBlocksMixin, DenoiserOutput, NullClassMixin
+from film_diffusion.backbones.token_mixers import FFNifiedMixer, make_token_mixer
 from film_diffusion.conditioning import Condition, ConditioningStack, Site, SiteState
 from film_diffusion.errors import UserError
 from film_diffusion.layers import (
     Mlp,
     PatchEmbed,
-    SelfAttention,
     TimestepEmbedder,
     sincos_pos_embed_2d,
     timesteps_for_batch,
@@ -30,12 +30,14 @@ from film_diffusion.layers import (
 
 
 class DiTBlock(nn.Module):
-    """Pre-norm transformer block: self-attention, (context site), MLP, each branch gated."""
+    """Pre-norm transformer block: token mixer (self-attention or FFNified), (context site), MLP, each
+    branch gated. The sites are the same whichever the token mixer."""
 
-    def __init__(self, prefix: str, hidden_size: int, num_heads: int, mlp_ratio: float):
+    def __init__(self, prefix: str, hidden_size: int, num_heads: int, mlp_ratio: float, token_mixer: str = "attention",
+                 grid: int = 0, mixer_kernel_size: int = 7, mixer_fused: bool = False):
         super().__init__()
         self.norm1 = nn.LayerNorm(hidden_size, elementwise_affine=False, eps=1e-6)
-        self.attn = SelfAttention(hidden_size, num_heads)
+        self.attn = make_token_mixer(token_mixer, hidden_size, num_heads, grid, mixer_kernel_size, mixer_fused)
         self.norm2 = nn.LayerNorm(hidden_size, elementwise_affine=False, eps=1e-6)
         self.mlp = Mlp(hidden_size, int(hidden_size * mlp_ratio))
         # Site order matters to generators: attn_norm, attn_gate, mlp_norm, mlp_gate reads as DiT's
@@ -91,6 +93,11 @@ class DiT(NullClassMixin, CheckpointedBlocksMixin, ModelMixin, ConfigMixin):
         timestep_freq_shift: 0 as in the DiT paper; 1 reproduces diffusers' ``DiTTransformer2DModel``.
         learned_null_tokens: hold a learned null text condition of this many tokens (the encoder's
             ``max_length``) for caption dropout and guidance, as PixArt does; None: no learned null.
+        token_mixer: ``"attention"`` (the DiT) or ``"ffnified"`` (FFNet's attention-free mixer, linear in
+            the token count; see ``backbones/token_mixers.py``).
+        mixer_kernel_size: the FFNified mixer's depthwise kernel (odd; 7 as in FFNet).
+        mixer_fused: the FFNified mixer's sampling form, as :meth:`fuse` leaves it (set by ``fuse``, so
+            that a saved fused model loads as one).
     """
 
     native_timestep_method = "adaln_zero"
@@ -114,6 +121,9 @@ class DiT(NullClassMixin, CheckpointedBlocksMixin, ModelMixin, ConfigMixin):
         cond_pooled_dim: int | None = None,
         timestep_freq_shift: float = 0.0,
         learned_null_tokens: int | None = None,
+        token_mixer: str = "attention",
+        mixer_kernel_size: int = 7,
+        mixer_fused: bool = False,
     ):
         super().__init__()
         if sample_size % patch_size:
@@ -127,7 +137,8 @@ class DiT(NullClassMixin, CheckpointedBlocksMixin, ModelMixin, ConfigMixin):
         self.x_embedder = PatchEmbed(patch_size, in_channels, hidden_size)
         self.register_buffer("pos_embed", sincos_pos_embed_2d(hidden_size, self.grid)[None], persistent=False)
         self.t_embedder = TimestepEmbedder(hidden_size, freq_shift=timestep_freq_shift)
-        self.blocks = nn.ModuleList(DiTBlock(f"blocks.{i}", hidden_size, num_heads, mlp_ratio) for i in range(depth))
+        self.blocks = nn.ModuleList(DiTBlock(f"blocks.{i}", hidden_size, num_heads, mlp_ratio, token_mixer, self.grid,
+                                             mixer_kernel_size, mixer_fused) for i in range(depth))
         self.final_layer = FinalLayer(hidden_size, patch_size, self.out_channels)
         self.sequence_site = Site("tokens", "sequence", hidden_size)
         sites = [self.sequence_site] + [s for block in self.blocks for s in block.sites] + [self.final_layer.site]
@@ -153,6 +164,17 @@ class DiT(NullClassMixin, CheckpointedBlocksMixin, ModelMixin, ConfigMixin):
         if self.conditioner.label_embedder is not None:
             nn.init.normal_(self.conditioner.label_embedder.embedding_table.weight, std=0.02)
         zero_module(self.final_layer.linear)  # the output starts at 0, as in the paper
+
+    def fuse(self) -> DiT:
+        """Re-parameterise every FFNified mixer for sampling, in place (the same outputs, fewer operations);
+        the config records it, so ``save_pretrained`` / ``from_pretrained`` keep the fused form. A no-op
+        for attention."""
+        mixers = [m for m in self.modules() if isinstance(m, FFNifiedMixer)]
+        for mixer in mixers:
+            mixer.fuse()
+        if mixers:
+            self.register_to_config(mixer_fused=True)
+        return self
 
     def forward(
         self,

@@ -2,10 +2,10 @@
 
 import pytest
 import torch
-from factories import noisy_batch, randomize_, text_condition, tiny_model
+from factories import BACKBONES, noisy_batch, randomize_, text_condition, tiny_model
 
 
-@pytest.mark.parametrize("backbone", ["dit", "unet"])
+@pytest.mark.parametrize("backbone", BACKBONES)
 @pytest.mark.parametrize("methods", [["film", "cross_attention"], ["adaln_zero", "concat"]])
 def test_checkpointed_blocks_give_the_same_gradients(backbone, methods):
     model = randomize_(tiny_model(backbone, methods))

@@ -2,7 +2,7 @@
 
 import pytest
 import torch
-from factories import CASES, METHOD_LISTS, case_id, noisy_batch, randomize_, text_condition, tiny_model
+from factories import BACKBONES, CASES, METHOD_LISTS, case_id, noisy_batch, randomize_, text_condition, tiny_model
 
 
 @pytest.mark.parametrize("case", CASES, ids=case_id)
@@ -29,10 +29,10 @@ def test_forward_backward_and_round_trip(case, tmp_path):
         assert torch.equal(model(sample, t, condition=condition).sample, loaded(sample, t, condition=condition).sample)
 
 
-@pytest.mark.parametrize("backbone", ["dit", "unet"])
+@pytest.mark.parametrize("backbone", BACKBONES)
 @pytest.mark.parametrize("methods", [["adaln_zero"], ["film"], ["concat"]])
 def test_class_labels_with_learned_sigma(backbone, methods):
-    kwargs = {"learn_sigma": True} if backbone == "dit" else {"out_channels": 8}
+    kwargs = {"learn_sigma": True} if backbone.startswith("dit") else {"out_channels": 8}
     model = randomize_(tiny_model(backbone, methods, num_classes=5, cond_token_dim=None, cond_pooled_dim=None,
                                   **kwargs))
     sample, t = noisy_batch()
@@ -45,7 +45,7 @@ def test_class_labels_with_learned_sigma(backbone, methods):
     assert not torch.allclose(out, other)
 
 
-@pytest.mark.parametrize("backbone", ["dit", "unet"])
+@pytest.mark.parametrize("backbone", BACKBONES)
 def test_condition_changes_the_prediction_for_every_method(backbone):
     for methods in METHOD_LISTS:
         model = randomize_(tiny_model(backbone, methods)).eval()

@@ -5,7 +5,7 @@ import copy
 
 import pytest
 import torch
-from factories import CASES, case_id, noisy_batch, randomize_, text_condition, tiny_model
+from factories import BACKBONES, CASES, case_id, noisy_batch, randomize_, text_condition, tiny_model
 
 HALF = [torch.bfloat16, torch.float16]
 
@@ -48,7 +48,7 @@ def test_autocast_runs_forward_and_backward_close_to_float32(case, dtype):
     assert all(p.grad is not None and p.grad.dtype == torch.float32 for p in model.parameters())
 
 
-@pytest.mark.parametrize("backbone", ["dit", "unet"])
+@pytest.mark.parametrize("backbone", BACKBONES)
 def test_from_pretrained_with_torch_dtype_loads_every_weight_in_that_dtype(backbone, tmp_path):
     model = randomize_(tiny_model(backbone, ["film", "cross_attention"]))
     model.save_pretrained(tmp_path)

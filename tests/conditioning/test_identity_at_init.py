@@ -15,9 +15,10 @@ def record_io(model, block_type):
     return records, hooks
 
 
+@pytest.mark.parametrize("backbone", ["dit", "dit_ffnified"])
 @pytest.mark.parametrize("route", ["native", "with_condition"])
-def test_every_adaln_zero_dit_block_is_the_identity_at_init(route):
-    model = tiny_model("dit", ["adaln_zero"], route)
+def test_every_adaln_zero_dit_block_is_the_identity_at_init(route, backbone):
+    model = tiny_model(backbone, ["adaln_zero"], route)
     records, _ = record_io(model, DiTBlock)
     sample, t = noisy_batch()
     model(sample, t, condition=text_condition())
@@ -26,9 +27,10 @@ def test_every_adaln_zero_dit_block_is_the_identity_at_init(route):
         assert torch.equal(block_in, block_out)
 
 
-def test_dit_timestep_path_is_the_identity_at_init_for_every_method():
+@pytest.mark.parametrize("backbone", ["dit", "dit_ffnified"])
+def test_dit_timestep_path_is_the_identity_at_init_for_every_method(backbone):
     for methods in (["film"], ["cross_attention"], ["film", "cross_attention"]):
-        model = tiny_model("dit", methods)  # native route: the timestep's adaLN-Zero is zero-initialised too
+        model = tiny_model(backbone, methods)  # native route: the timestep's adaLN-Zero is zero-initialised too
         records, _ = record_io(model, DiTBlock)
         sample, t = noisy_batch()
         model(sample, t, condition=text_condition())
@@ -131,7 +133,8 @@ def test_adaln_zero_option_off_gives_non_identity_blocks():
 
 
 @pytest.mark.parametrize(("backbone", "methods"), [("dit", ["cross_attention"]), ("unet", ["cross_attention"]),
-                                                 ("dit", ["concat"])])  # the U-Net's concat reads only pooled
+                                                 ("dit", ["concat"]), ("dit_ffnified", ["cross_attention"]),
+                                                 ("dit_ffnified", ["concat"])])  # the U-Net's concat reads only pooled
 def test_padded_tokens_change_nothing(backbone, methods):
     model = randomize_(tiny_model(backbone, methods)).eval()
     sample, t = noisy_batch()
@@ -148,9 +151,10 @@ def test_padded_tokens_change_nothing(backbone, methods):
     assert not torch.allclose(a[0], c[0])
 
 
+@pytest.mark.parametrize("backbone", ["dit", "dit_ffnified"])
 @pytest.mark.parametrize("route", ["native", "with_condition"])
-def test_concat_tokens_never_reach_the_output_grid(route):
-    model = randomize_(tiny_model("dit", ["concat"], route))
+def test_concat_tokens_never_reach_the_output_grid(route, backbone):
+    model = randomize_(tiny_model(backbone, ["concat"], route))
     seen = []
     model.final_layer.register_forward_hook(lambda mod, args, out: seen.append(args[0].shape))
     block_lengths = []
