@@ -48,6 +48,8 @@ class ModelConfig:
     conditioning: list[Any] = field(default_factory=lambda: ["film"])  # method names or {name: ..., options}
     timestep_route: Literal["native", "with_condition"] = "native"
     learn_sigma: bool = False  # DiT only: also predict the variance (hybrid loss, as the DiT paper)
+    token_mixer: Literal["attention", "ffnified"] = "attention"  # DiT only: ffnified = FFNet's attention-free mixer
+    mixer_kernel_size: int = 7  # DiT with token_mixer=ffnified: the depthwise kernel (odd)
 
 
 @dataclass
@@ -223,6 +225,12 @@ def check_config(config: ExperimentConfig, num_processes: int = 1) -> None:
     if objective.min_snr_gamma is not None and objective.prediction == "flow":
         raise ConfigError("Config key 'objective.min_snr_gamma' applies to epsilon and v prediction, not flow; "
                           "remove it.")
+    if model.token_mixer != "attention" and model.backbone != "dit":
+        raise ConfigError(f"Config key 'model.token_mixer' is {model.token_mixer!r}, but only the DiT has a token "
+                          "mixer to choose; remove it for model.backbone=unet.")
+    if model.mixer_kernel_size < 1 or model.mixer_kernel_size % 2 == 0:
+        raise ConfigError(f"Config key 'model.mixer_kernel_size' is {model.mixer_kernel_size}; choose an odd "
+                          "positive size (7, as FFNet).")
     if model.preset is not None and model.backbone != "dit":
         raise ConfigError("Config key 'model.preset' names a DiT preset; remove it for model.backbone=unet.")
     if condition.source == "class_labels":

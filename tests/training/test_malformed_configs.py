@@ -34,6 +34,10 @@ CASES = [
     ({"train": {"max_grad_norm": -1.0}}, "'train.max_grad_norm' is -1.0; use a positive value", ""),
     ({"train": {"adam_beta2": 1.5}}, "'train.adam_beta2' is 1.5", ""),
     ({"objective": {"logit_std": 0}}, "'objective.logit_std' is 0.0; it must be positive", ""),
+    ({"model": {"backbone": "unet", "token_mixer": "ffnified"}}, "'model.token_mixer' is 'ffnified', but only the DiT",
+     ""),
+    ({"model": {"token_mixer": "ffnified", "mixer_kernel_size": 6}}, "'model.mixer_kernel_size' is 6", "odd"),
+    ({"model": {"token_mixer": "mamba"}}, "'model.token_mixer' is 'mamba'", "'ffnified'"),
     ({"condition": {"source": "class_labels", "num_classes": 32}, "sample": {"class_labels": [40]}},
      "'sample.class_labels' is [40]; use class ids from 0 to 31", ""),
 ]

@@ -132,3 +132,17 @@ def test_precomputed_latents_train_as_encoding_each_step_does(source, tmp_path, 
     assert losses(stored) == pytest.approx(losses(live), rel=1e-4)
     with pytest.raises(UserError, match="'vae.precompute' needs vae.name_or_path and data without random"):
         tiny_run(tmp_path / "bad", *common, "vae.precompute=true", "data.random_flip=true")
+
+
+def test_the_ffnified_dit_trains_and_its_fused_pipeline_samples_the_same(tmp_path):
+    run = tiny_run(tmp_path / "run", "train.max_steps=2", "model.token_mixer=ffnified", "model.mixer_kernel_size=5")
+    pipe = FilmDiffusionPipeline.from_pretrained(run / "pipeline")
+    assert pipe.denoiser.config.token_mixer == "ffnified" and not pipe.denoiser.config.mixer_fused
+
+    def images() -> torch.Tensor:
+        return pipe(prompt="a small blue star", num_inference_steps=3, output_type="pt",
+                    generator=torch.Generator().manual_seed(0)).images
+
+    before = images()
+    pipe.denoiser.fuse()
+    torch.testing.assert_close(images(), before, rtol=0, atol=1e-5)
