@@ -1,0 +1,169 @@
+"""The quickstart's tuning sweep: what was tried, with each variant's oracle scores and minutes.
+
+    python benchmarks/quickstart_sweep.py --list             # the variants
+    nohup python benchmarks/quickstart_sweep.py &            # run every variant not yet measured
+    python benchmarks/quickstart_sweep.py --only v,flow      # run some
+    python benchmarks/quickstart_sweep.py --table            # print the table of what is measured
+
+Each variant is ``configs/quickstart.yaml`` with a few overrides, trained by ``film-diffusion train`` in
+its own run folder (``runs/sweep/NAME``) and scored at its last step on the quickstart's held-out
+one-object captions (full wording, 256 scenes, fixed noise). Variants marked ``sampling`` retrain
+nothing: they score another variant's finished pipeline with other sampler settings. A finished variant
+writes ``docs/quickstart_sweep/NAME.json`` and is never run again; an interrupted one resumes from its
+newest checkpoint. Minutes are wall-clock of the whole ``train`` command (training, grids, the final
+evaluation), taken on an otherwise idle machine: run one sweep at a time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "docs" / "quickstart_sweep"
+RUNS = ROOT / "runs" / "sweep"
+SCORES = ("color", "shape", "size", "position", "all", "fid")
+
+# Every key a variant may change is spelled out, so a variant means the same whatever the quickstart's
+# defaults become. "base" is the first tuned guess; each later variant changes what its note says.
+UNTUNED = ["model.dit.patch_size=2", "model.dit.hidden_size=128", "model.dit.depth=4", "model.dit.num_heads=4",
+           "objective.prediction=epsilon", "objective.min_snr_gamma=null", "train.mixed_precision=no",
+           "train.warmup_steps=50", "train.max_steps=300", "train.lr=0.001", "train.batch_size=32",
+           "train.ema_decay=0.999", "train.caption_dropout=0.1", "sample.steps=50", "sample.guidance_scale=3.0",
+           "model.conditioning=[film]", "data.max_objects=1"]
+FAST = UNTUNED + ["model.dit.patch_size=4", "model.dit.hidden_size=192", "model.dit.depth=6", "model.dit.num_heads=6",
+        "objective.prediction=v", "objective.min_snr_gamma=5", "train.mixed_precision=bf16",
+        "train.warmup_steps=100", "train.max_steps=2000", "train.sample_every=1000",
+        "train.checkpoint_every=500", "train.log_every=50", "sample.guidance_scale=2.0"]
+
+
+@dataclass
+class Variant:
+    note: str
+    overrides: list[str] = field(default_factory=list)
+    sampling: str | None = None  # score this variant's pipeline instead of training
+
+
+VARIANTS: dict[str, Variant] = {
+    "untuned": Variant("the first quickstart: width 128, depth 4, patch 2, epsilon, fp32, 300 steps", UNTUNED),
+    "base": Variant("patch 4, width 192, depth 6, v + min-SNR 5, bf16, 2,000 steps, guidance 2", FAST),
+    "steps3000": Variant("base with 3,000 steps", FAST + ["train.max_steps=3000"]),
+    "cosine": Variant("base with the lr decayed to 0 on a cosine after warm-up", FAST + ["train.lr_scheduler=cosine"]),
+    "batch16": Variant("base with batch 16, 3,000 steps", FAST + ["train.batch_size=16", "train.max_steps=3000"]),
+    "epsilon": Variant("base with epsilon", FAST + ["objective.prediction=epsilon"]),
+    "flow": Variant("base with rectified flow (no min-SNR)",
+                    FAST + ["objective.prediction=flow", "objective.min_snr_gamma=null"]),
+    "patch2": Variant("base with patch 2 (256 tokens), 700 steps", FAST + ["model.dit.patch_size=2",
+                                                                          "train.max_steps=700"]),
+    "film+xattn": Variant("base with FiLM and cross-attention", FAST + ["model.conditioning=[film,cross_attention]"]),
+    "lr2e-3": Variant("base with lr 2e-3", FAST + ["train.lr=0.002"]),
+    "batch64": Variant("base with batch 64, 1,000 steps", FAST + ["train.batch_size=64", "train.max_steps=1000"]),
+    "ema0.99": Variant("base with EMA decay 0.99", FAST + ["train.ema_decay=0.99"]),
+    "dropout0.2": Variant("base with caption dropout 0.2", FAST + ["train.caption_dropout=0.2"]),
+    "objects1-3": Variant("base trained on 1-3-object scenes", FAST + ["data.max_objects=3"]),
+    "fp32": Variant("base in float32, 1,400 steps", FAST + ["train.mixed_precision=no", "train.max_steps=1400"]),
+    "width256": Variant("base with width 256, depth 8", FAST + ["model.dit.hidden_size=256", "model.dit.depth=8",
+                                                                "model.dit.num_heads=8"]),
+    "guidance1.5": Variant("base sampled with guidance 1.5", ["sample.guidance_scale=1.5"], sampling="base"),
+    "guidance3": Variant("base sampled with guidance 3", ["sample.guidance_scale=3"], sampling="base"),
+    "guidance1": Variant("base sampled without guidance", ["sample.guidance_scale=1"], sampling="base"),
+    "ddim20": Variant("base sampled with 20 DDIM steps", ["sample.steps=20", "sample.guidance_scale=2.0"],
+                      sampling="base"),
+    "dpm++20": Variant("base sampled with 20 DPM++ steps", ["sample.steps=20", "sample.scheduler=dpm++",
+                                                            "sample.guidance_scale=2.0"], sampling="base"),
+}
+
+
+def run_variant(name: str, variant: Variant) -> dict:
+    """Train (or, for a sampling variant, score) and return the result row; resumes an interrupted run."""
+    run = RUNS / (variant.sampling or name)
+    start = time.perf_counter()
+    if variant.sampling:
+        if not (run / "pipeline").exists():
+            raise SystemExit(f"Variant '{name}' scores '{variant.sampling}', which has not finished; run it first.")
+        scores = score_pipeline(run, variant.overrides)
+        trained = json.loads((RESULTS / f"{variant.sampling}.json").read_text())
+        steps = trained["steps"]
+    else:
+        command = ["film-diffusion", "train", str(ROOT / "configs" / "quickstart.yaml"), f"output_dir={run}",
+                   *variant.overrides]
+        if (run / "config.yaml").exists():
+            command += ["--resume", "latest"]
+        last = max_steps(run, variant.overrides)
+        command += [f"train.eval_every={last}"]
+        subprocess.run(command, check=True)
+        rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+        scores = {k.removeprefix("eval/"): v for k, v in rows[-1].items() if k.startswith("eval/")}
+        steps = last
+    return {"name": name, "note": variant.note, "overrides": variant.overrides, "sampling": variant.sampling,
+            "steps": steps, "minutes": (time.perf_counter() - start) / 60, **scores}
+
+
+def max_steps(run: Path, overrides: list[str]) -> int:
+    from film_diffusion.training.config import load_experiment
+
+    return load_experiment(ROOT / "configs" / "quickstart.yaml", overrides).train.max_steps
+
+
+def score_pipeline(run: Path, overrides: list[str]) -> dict[str, float]:
+    """The quickstart's final evaluation of a finished run's pipeline, with other sample settings."""
+    from film_diffusion.pipelines import FilmDiffusionPipeline
+    from film_diffusion.pipelines.schedulers import scheduler_from_name
+    from film_diffusion.training.config import load_experiment
+    from film_diffusion.training.trainer import evaluate
+
+    config = load_experiment(run / "config.yaml", overrides)
+    pipe = FilmDiffusionPipeline.from_pretrained(run / "pipeline")
+    if config.sample.scheduler:
+        pipe.set_scheduler(scheduler_from_name(config.sample.scheduler, pipe.scheduler))
+    return {k.removeprefix("eval/"): v for k, v in evaluate(pipe, config).items()}
+
+
+def table(rows: list[dict]) -> str:
+    lines = ["| variant | what changed | steps | minutes | colour | shape | size | position | all | FID |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for row in rows:
+        figures = " | ".join(f"{row[k]:.2f}" if k == "fid" else f"{row[k]:.3f}" for k in SCORES)
+        lines.append(f"| {row['name']} | {row['note']} | {row['steps']} | {row['minutes']:.1f} | {figures} |")
+    return "\n".join(lines)
+
+
+def measured() -> list[dict]:
+    return [json.loads((RESULTS / f"{name}.json").read_text()) for name in VARIANTS
+            if (RESULTS / f"{name}.json").exists()]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--only", help="comma-separated variant names (default: every variant not yet measured)")
+    parser.add_argument("--list", action="store_true", help="list the variants and exit")
+    parser.add_argument("--table", action="store_true", help="print the table of measured variants and exit")
+    args = parser.parse_args()
+    if args.list:
+        for name, variant in VARIANTS.items():
+            print(f"{name:12s} {variant.note}")
+        return
+    names = args.only.split(",") if args.only else list(VARIANTS)
+    unknown = [n for n in names if n not in VARIANTS]
+    if unknown:
+        raise SystemExit(f"Unknown variants {unknown}; see --list.")
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    for name in [] if args.table else names:
+        if (RESULTS / f"{name}.json").exists():
+            continue
+        print(f"== {name}: {VARIANTS[name].note}", flush=True)
+        row = run_variant(name, VARIANTS[name])
+        (RESULTS / f"{name}.json").write_text(json.dumps(row, indent=1) + "\n")
+    text = table(measured())
+    (RESULTS / "README.md").write_text("# The quickstart sweep\n\nMade by `python benchmarks/quickstart_sweep.py`; "
+                                       "see its docstring.\n\n" + text + "\n")
+    print(text)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
