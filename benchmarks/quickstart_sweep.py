@@ -50,6 +50,7 @@ class Variant:
 
 
 VARIANTS: dict[str, Variant] = {
+    "quickstart": Variant("the shipped configs/quickstart.yaml: base with FiLM + cross-attention, 2,500 steps", []),
     "untuned": Variant("the first quickstart: width 128, depth 4, patch 2, epsilon, fp32, 300 steps", UNTUNED),
     "base": Variant("patch 4, width 192, depth 6, v + min-SNR 5, bf16, 2,000 steps, guidance 2", FAST),
     "steps3000": Variant("base with 3,000 steps", FAST + ["train.max_steps=3000"]),

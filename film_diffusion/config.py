@@ -114,6 +114,8 @@ def _coerce(hint: Any, value: Any, key: str) -> Any:
     if hint is Any:
         return value
     if origin is typing.Literal:
+        if isinstance(value, bool) and ("no" if value is False else "yes") in args:
+            value = "no" if value is False else "yes"  # YAML 1.1 reads an unquoted no / yes as a boolean
         if value not in args:
             raise ConfigError(f"Config key '{key}' is {value!r}; choose one of {', '.join(map(repr, args))}.")
         return value

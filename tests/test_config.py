@@ -43,3 +43,14 @@ def test_missing_file_and_bad_override(tmp_path):
         load_config(tmp_path / "nope.yaml", Experiment)
     with pytest.raises(ConfigError, match="must look like key=value"):
         load_config({}, Experiment, ["optim.lr"])
+
+
+def test_an_unquoted_no_reaches_a_choice_named_no():
+    @dataclass
+    class Train:
+        mixed_precision: Literal["no", "bf16"] = "bf16"
+        schedule: Literal["constant", "cosine"] = "constant"
+
+    assert load_config({}, Train, ["mixed_precision=no"]).mixed_precision == "no"  # YAML reads it as False
+    with pytest.raises(ConfigError, match="'schedule' is False; choose one of 'constant', 'cosine'"):
+        load_config({}, Train, ["schedule=no"])

@@ -21,10 +21,10 @@ from film_diffusion.encoders.null import NULL_CONDITIONS
 class DiTSize:
     """Used when ``model.backbone`` is ``dit`` and no ``model.preset`` is set."""
 
-    hidden_size: int = 128
-    depth: int = 4
-    num_heads: int = 4
-    patch_size: int = 2
+    hidden_size: int = 192
+    depth: int = 6
+    num_heads: int = 6
+    patch_size: int = 4
     mlp_ratio: float = 4.0
 
 
@@ -45,7 +45,8 @@ class ModelConfig:
     preset: str | None = None  # a DiT preset ("DiT-S/2", "DiT-XL/2", ...) in place of model.dit
     dit: DiTSize = field(default_factory=DiTSize)
     unet: UNetSize = field(default_factory=UNetSize)
-    conditioning: list[Any] = field(default_factory=lambda: ["film"])  # method names or {name: ..., options}
+    # method names or {name: ..., options}
+    conditioning: list[Any] = field(default_factory=lambda: ["film", "cross_attention"])
     timestep_route: Literal["native", "with_condition"] = "native"
     learn_sigma: bool = False  # DiT only: also predict the variance (hybrid loss, as the DiT paper)
     token_mixer: Literal["attention", "ffnified"] = "attention"  # DiT only: ffnified = FFNet's attention-free mixer
@@ -92,7 +93,7 @@ class VaeConfig:
 
 @dataclass
 class ObjectiveConfig:
-    prediction: Literal["epsilon", "v", "flow"] = "epsilon"  # flow: rectified flow, velocity noise - x0
+    prediction: Literal["epsilon", "v", "flow"] = "v"  # flow: rectified flow, velocity noise - x0
     num_train_timesteps: int = 1000
     beta_schedule: Literal["linear", "scaled_linear", "squaredcos_cap_v2"] = "linear"  # epsilon / v
     min_snr_gamma: float | None = None  # epsilon / v: min-SNR loss weighting (5 is the paper's)
@@ -103,26 +104,26 @@ class ObjectiveConfig:
 
 @dataclass
 class TrainConfig:
-    max_steps: int = 300  # optimizer steps
+    max_steps: int = 2500  # optimizer steps
     batch_size: int = 32  # images per optimizer step, over all processes and accumulation steps
     gradient_accumulation_steps: int = 1
     lr: float = 1e-3
     lr_scheduler: Literal["constant", "constant_with_warmup", "linear", "cosine"] = "constant_with_warmup"
-    warmup_steps: int = 50  # optimizer steps
+    warmup_steps: int = 100  # optimizer steps
     adam_beta1: float = 0.9
     adam_beta2: float = 0.999
     weight_decay: float = 0.0
     max_grad_norm: float | None = 1.0  # None: no clipping
-    mixed_precision: Literal["no", "bf16", "fp16"] = "no"
+    mixed_precision: Literal["no", "bf16", "fp16"] = "bf16"
     gradient_checkpointing: bool = False  # recompute block activations in the backward pass: less memory
     compile: bool = False  # torch.compile the denoiser
     ema_decay: float = 0.999
     caption_dropout: float = 0.1  # share of training examples given the null condition (for guidance)
     null_condition: str = "empty_caption"  # empty_caption | learned | zeros (text); class models: the null class
-    log_every: int = 10
-    sample_every: int = 100  # 0: never
+    log_every: int = 50
+    sample_every: int = 500  # 0: never
     eval_every: int = 0  # oracle scores, FID and KID (see the eval section) every N steps and at the end; 0: never
-    checkpoint_every: int = 100  # 0: only at the end
+    checkpoint_every: int = 500  # 0: only at the end
     checkpoints_total_limit: int | None = 2  # keep the newest N checkpoints; None: all
 
 
@@ -130,7 +131,7 @@ class TrainConfig:
 class SampleConfig:
     scheduler: str | None = None  # the pipeline's scheduler by name; None: ddim, or flow_euler for flow
     steps: int = 50
-    guidance_scale: float = 3.0
+    guidance_scale: float = 2.0
     captions: list[str] = field(default_factory=lambda: [
         "a big red circle at the top left", "a small blue square in the centre", "a big green star at the bottom right",
         "a small yellow triangle at the top right"])  # text models: the grid's rows

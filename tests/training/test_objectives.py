@@ -33,7 +33,7 @@ def test_targets_follow_the_schedulers_definitions():
 
 
 def test_min_snr_weights():
-    objective = ObjectiveConfig(min_snr_gamma=5.0)
+    objective = ObjectiveConfig(prediction="epsilon", min_snr_gamma=5.0)
     scheduler = noise_scheduler(objective)
     batch = noisy_batch(objective, scheduler, x0(64), ShardedRandom(0, 0, 1, torch.device("cpu")))
     alphas = scheduler.alphas_cumprod[batch.timesteps]
