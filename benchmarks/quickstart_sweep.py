@@ -11,13 +11,15 @@ one-object captions (full wording, 256 scenes, fixed noise). Variants marked ``s
 nothing: they score another variant's finished pipeline with other sampler settings. A finished variant
 writes ``docs/quickstart_sweep/NAME.json`` and is never run again; an interrupted one resumes from its
 newest checkpoint. Minutes are wall-clock of the whole ``train`` command (training, grids, the final
-evaluation), taken on an otherwise idle machine: run one sweep at a time.
+evaluation), taken on an otherwise idle machine: run one sweep at a time. A resumed variant's minutes
+count only its last sitting, and its row says so.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import subprocess
 import sys
 import time
@@ -30,7 +32,8 @@ RUNS = ROOT / "runs" / "sweep"
 SCORES = ("color", "shape", "size", "position", "all", "fid")
 
 # Every key a variant may change is spelled out, so a variant means the same whatever the quickstart's
-# defaults become. "base" is the first tuned guess; each later variant changes what its note says.
+# defaults become. "base" is the first tuned guess; each training variant changes what its note says of
+# it; "quickstart" is the shipped config, and the sampling variants score its pipeline otherwise.
 UNTUNED = ["model.dit.patch_size=2", "model.dit.hidden_size=128", "model.dit.depth=4", "model.dit.num_heads=4",
            "objective.prediction=epsilon", "objective.min_snr_gamma=null", "train.mixed_precision=no",
            "train.warmup_steps=50", "train.max_steps=300", "train.lr=0.001", "train.batch_size=32",
@@ -70,42 +73,44 @@ VARIANTS: dict[str, Variant] = {
     "fp32": Variant("base in float32, 1,400 steps", FAST + ["train.mixed_precision=no", "train.max_steps=1400"]),
     "width256": Variant("base with width 256, depth 8", FAST + ["model.dit.hidden_size=256", "model.dit.depth=8",
                                                                 "model.dit.num_heads=8"]),
-    "guidance1.5": Variant("base sampled with guidance 1.5", ["sample.guidance_scale=1.5"], sampling="base"),
-    "guidance3": Variant("base sampled with guidance 3", ["sample.guidance_scale=3"], sampling="base"),
-    "guidance1": Variant("base sampled without guidance", ["sample.guidance_scale=1"], sampling="base"),
-    "ddim20": Variant("base sampled with 20 DDIM steps", ["sample.steps=20", "sample.guidance_scale=2.0"],
-                      sampling="base"),
-    "dpm++20": Variant("base sampled with 20 DPM++ steps", ["sample.steps=20", "sample.scheduler=dpm++",
-                                                            "sample.guidance_scale=2.0"], sampling="base"),
+    "guidance1": Variant("the quickstart sampled without guidance", ["sample.guidance_scale=1"],
+                         sampling="quickstart"),
+    "guidance1.5": Variant("the quickstart sampled with guidance 1.5", ["sample.guidance_scale=1.5"],
+                           sampling="quickstart"),
+    "guidance3": Variant("the quickstart sampled with guidance 3", ["sample.guidance_scale=3"], sampling="quickstart"),
+    "ddim20": Variant("the quickstart sampled with 20 DDIM steps", ["sample.steps=20"], sampling="quickstart"),
+    "dpm++20": Variant("the quickstart sampled with 20 DPM++ steps", ["sample.steps=20", "sample.scheduler=dpm++"],
+                       sampling="quickstart"),
 }
 
 
 def run_variant(name: str, variant: Variant) -> dict:
     """Train (or, for a sampling variant, score) and return the result row; resumes an interrupted run."""
     run = RUNS / (variant.sampling or name)
-    start = time.perf_counter()
+    start, resumed = time.perf_counter(), False
     if variant.sampling:
-        if not (run / "pipeline").exists():
+        if not (RESULTS / f"{variant.sampling}.json").exists():
             raise SystemExit(f"Variant '{name}' scores '{variant.sampling}', which has not finished; run it first.")
+        steps = json.loads((RESULTS / f"{variant.sampling}.json").read_text())["steps"]
         scores = score_pipeline(run, variant.overrides)
-        trained = json.loads((RESULTS / f"{variant.sampling}.json").read_text())
-        steps = trained["steps"]
     else:
+        last = max_steps(variant.overrides)
         command = ["film-diffusion", "train", str(ROOT / "configs" / "quickstart.yaml"), f"output_dir={run}",
-                   *variant.overrides]
-        if (run / "config.yaml").exists():
+                   *variant.overrides, f"train.eval_every={last}"]
+        if list(run.glob("checkpoints/checkpoint-[0-9]*[0-9]")):  # complete ones: a kill leaves *.partial
             command += ["--resume", "latest"]
-        last = max_steps(run, variant.overrides)
-        command += [f"train.eval_every={last}"]
+            resumed = True
+        elif run.exists():  # stopped before its first checkpoint: nothing to keep
+            shutil.rmtree(run)
         subprocess.run(command, check=True)
         rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
         scores = {k.removeprefix("eval/"): v for k, v in rows[-1].items() if k.startswith("eval/")}
         steps = last
     return {"name": name, "note": variant.note, "overrides": variant.overrides, "sampling": variant.sampling,
-            "steps": steps, "minutes": (time.perf_counter() - start) / 60, **scores}
+            "steps": steps, "minutes": (time.perf_counter() - start) / 60, "resumed": resumed, **scores}
 
 
-def max_steps(run: Path, overrides: list[str]) -> int:
+def max_steps(overrides: list[str]) -> int:
     from film_diffusion.training.config import load_experiment
 
     return load_experiment(ROOT / "configs" / "quickstart.yaml", overrides).train.max_steps
@@ -130,7 +135,8 @@ def table(rows: list[dict]) -> str:
              "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for row in rows:
         figures = " | ".join(f"{row[k]:.2f}" if k == "fid" else f"{row[k]:.3f}" for k in SCORES)
-        lines.append(f"| {row['name']} | {row['note']} | {row['steps']} | {row['minutes']:.1f} | {figures} |")
+        minutes = f"{row['minutes']:.1f}" + (" (resumed: last sitting)" if row.get("resumed") else "")
+        lines.append(f"| {row['name']} | {row['note']} | {row['steps']} | {minutes} | {figures} |")
     return "\n".join(lines)
 
 

@@ -72,14 +72,14 @@ def model_step(config: ExperimentConfig, accelerator: Accelerator) -> Callable[[
     encoder = build_encoder(config.condition)
     model = build_denoiser(config, 3, config.data.resolution, getattr(encoder, "token_dim", None),
                            getattr(encoder, "pooled_dim", None), getattr(encoder, "max_length", None))
-    optimizer = torch.optim.AdamW(model.parameters(), lr=config.train.lr)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=config.train.lr, weight_decay=config.train.weight_decay)
     model, optimizer = accelerator.prepare(model, optimizer)
     if encoder is not None:
         encoder.to(accelerator.device)
     dataset = build_dataset(config.data, config.condition)
     batch = collate([dataset[i] for i in range(config.train.batch_size)])
-    inputs = ConditionMaker(encoder, config, model, accelerator.device)(batch, torch.zeros(len(batch["image"]),
-                                                                                           dtype=torch.bool))
+    keep = torch.zeros(len(batch["image"]), dtype=torch.bool, device=accelerator.device)  # no caption dropped
+    inputs = ConditionMaker(encoder, config, model, accelerator.device)(batch, keep)
     x0 = batch["image"].to(accelerator.device)
     noise = torch.randn_like(x0)
     timesteps = torch.randint(0, 1000, (len(x0),), device=accelerator.device)
@@ -104,7 +104,7 @@ def diffusers_loop(config: ExperimentConfig, accelerator: Accelerator) -> Callab
                                   num_layers=dit.depth, sample_size=config.data.resolution,
                                   patch_size=dit.patch_size, num_embeds_ada_norm=NUM_SCENE_CLASSES)
     scheduler = DDPMScheduler(num_train_timesteps=1000)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=config.train.lr)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=config.train.lr, weight_decay=config.train.weight_decay)
     loader = DataLoader(build_dataset(config.data, config.condition), batch_size=config.train.batch_size,
                         shuffle=True, collate_fn=collate, drop_last=True)
     model, optimizer, loader = accelerator.prepare(model, optimizer, loader)
@@ -141,20 +141,21 @@ def main() -> None:
     if args.device == "cpu":
         keep_freed_memory()
     quiet = [f"train.max_steps={args.steps}", f"train.log_every={args.window}", "train.sample_every=0",
-             "train.eval_every=0", "train.checkpoint_every=0", *args.overrides]
+             "train.eval_every=0", "train.checkpoint_every=0", "train.compile=false",
+             "train.gradient_checkpointing=false", *args.overrides]  # the model step does neither
     accelerator = Accelerator(mixed_precision=load_experiment(args.config, quiet).train.mixed_precision,
                               cpu=args.device == "cpu")
     sync = torch.cuda.synchronize if args.device == "cuda" else (lambda: None)
-    models = {"quickstart (text, FiLM)": [], "class labels, adaLN-Zero": LABELS}
+    models = {"quickstart (text, FiLM + cross-attention)": [], "class labels, adaLN-Zero": LABELS}
     rates: dict[tuple[str, str], list[float]] = {}
     with tempfile.TemporaryDirectory() as tmp:
         for r in range(args.rounds):
-            for model_name, extra in models.items():
+            for m, (model_name, extra) in enumerate(models.items()):
                 config = load_experiment(args.config, quiet + extra)
                 loops = ["trainer", "model step"] + (["diffusers loop"] if extra else [])
                 for loop_name in loops:
                     if loop_name == "trainer":
-                        rate = trainer_rate(config, Path(tmp) / f"{len(rates)}-{r}")
+                        rate = trainer_rate(config, Path(tmp) / f"{m}-{r}")
                     else:
                         build = model_step if loop_name == "model step" else diffusers_loop
                         rate = windowed_rate(build(config, accelerator), args.steps, args.window,

@@ -172,8 +172,9 @@ class DiT(NullClassMixin, CheckpointedBlocksMixin, ModelMixin, ConfigMixin):
         mixers = [m for m in self.modules() if isinstance(m, FFNifiedMixer)]
         for mixer in mixers:
             mixer.fuse()
-        if mixers:
-            self.register_to_config(mixer_fused=True)
+        if mixers:  # off diffusers' list of defaulted keys too, or from_config would rebuild it unfused
+            defaulted = [k for k in self.config.get("_use_default_values", []) if k != "mixer_fused"]
+            self.register_to_config(mixer_fused=True, _use_default_values=defaulted)
         return self
 
     def forward(

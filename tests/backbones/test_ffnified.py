@@ -26,6 +26,8 @@ def test_fused_model_gives_the_unfused_outputs_with_fewer_parameters(methods, tm
     assert all(m.layer_scale is None and m.key_conv.small is None and m.value_conv.small is None for m in mixers)
     assert sum(p.numel() for p in model.parameters()) < count
 
+    rebuilt = DiT.from_config(model.config)  # what EMAModel(model_cls=DiT, model_config=...) does
+    assert rebuilt.config.mixer_fused and rebuilt.state_dict().keys() == model.state_dict().keys()
     model.save_pretrained(tmp_path)  # the fused form loads as itself
     loaded = DiT.from_pretrained(tmp_path).eval()
     with torch.no_grad():
