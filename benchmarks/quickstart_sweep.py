@@ -53,7 +53,8 @@ class Variant:
 
 
 VARIANTS: dict[str, Variant] = {
-    "quickstart": Variant("the shipped configs/quickstart.yaml: base with FiLM + cross-attention, 2,500 steps", []),
+    "quickstart": Variant("the shipped configs/quickstart.yaml: base with FiLM + cross-attention, 2,500 steps, "
+                          "20 DDIM steps", []),
     "untuned": Variant("the first quickstart: width 128, depth 4, patch 2, epsilon, fp32, 300 steps", UNTUNED),
     "base": Variant("patch 4, width 192, depth 6, v + min-SNR 5, bf16, 2,000 steps, guidance 2", FAST),
     "steps3000": Variant("base with 3,000 steps", FAST + ["train.max_steps=3000"]),
@@ -73,11 +74,14 @@ VARIANTS: dict[str, Variant] = {
     "fp32": Variant("base in float32, 1,400 steps", FAST + ["train.mixed_precision=no", "train.max_steps=1400"]),
     "width256": Variant("base with width 256, depth 8", FAST + ["model.dit.hidden_size=256", "model.dit.depth=8",
                                                                 "model.dit.num_heads=8"]),
-    "guidance1": Variant("the quickstart sampled without guidance", ["sample.guidance_scale=1"],
-                         sampling="quickstart"),
-    "guidance1.5": Variant("the quickstart sampled with guidance 1.5", ["sample.guidance_scale=1.5"],
-                           sampling="quickstart"),
-    "guidance3": Variant("the quickstart sampled with guidance 3", ["sample.guidance_scale=3"], sampling="quickstart"),
+    "ddim50": Variant("the quickstart sampled with 50 DDIM steps (as first shipped; whole command)",
+                      ["sample.steps=50"]),
+    "guidance1": Variant("the quickstart sampled without guidance, 50 DDIM steps",
+                         ["sample.guidance_scale=1", "sample.steps=50"], sampling="quickstart"),
+    "guidance1.5": Variant("the quickstart sampled with guidance 1.5, 50 DDIM steps",
+                           ["sample.guidance_scale=1.5", "sample.steps=50"], sampling="quickstart"),
+    "guidance3": Variant("the quickstart sampled with guidance 3, 50 DDIM steps",
+                         ["sample.guidance_scale=3", "sample.steps=50"], sampling="quickstart"),
     "ddim20": Variant("the quickstart sampled with 20 DDIM steps", ["sample.steps=20"], sampling="quickstart"),
     "dpm++20": Variant("the quickstart sampled with 20 DPM++ steps", ["sample.steps=20", "sample.scheduler=dpm++"],
                        sampling="quickstart"),
