@@ -29,11 +29,11 @@ import torch
 import torch.nn.functional as F
 from diffusers import DiTTransformer2DModel, UNet2DConditionModel
 from timing import interleaved_medians, synchronize
-from torch.distributed._tools.mem_tracker import MemTracker
 from torch.utils.flop_counter import FlopCounterMode
 
 from film_diffusion import Condition, DiT, UNet
 from film_diffusion.cpu_memory import keep_freed_memory
+from film_diffusion.evaluation.model_cost import peak_memory_bytes
 
 
 @dataclass
@@ -139,21 +139,10 @@ def make_sample_step(model, call, batch, device, dtype) -> Step:
     return Step(step, model)
 
 
-def peak_memory_bytes(step: Step, device: torch.device) -> int:
-    """Peak memory of a warmed-up step, weights, gradients and optimizer state included: CUDA's allocator
-    peak, or on the CPU the peak of live tensor storage counted by torch's ``MemTracker`` (the CPU
-    allocator keeps no statistics, and process RSS mixes in the allocator's caching and the imports)."""
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
-        step.run()
-        torch.cuda.synchronize()
-        return torch.cuda.max_memory_allocated()
-    tracker = MemTracker()
-    tracker.track_external(step.model, *([step.optimizer] if step.optimizer else []))
-    with tracker:
-        step.run()
-    return tracker.get_tracker_snapshot("peak")[device]["Total"]
+def step_peak_memory(step: Step, device: torch.device) -> int:
+    """Peak memory of a warmed-up step, weights, gradients and optimizer state included (see
+    ``film_diffusion.evaluation.model_cost.peak_memory_bytes``)."""
+    return peak_memory_bytes(step.run, device, [step.model, *([step.optimizer] if step.optimizer else [])])
 
 
 def matmul_peak_flops(device: torch.device, dtype: torch.dtype, n: int) -> float:
@@ -239,7 +228,7 @@ def main() -> None:
                     flops = training_flops(ours, pair.call_ours, batch, device, dtype)
                     row["hw_fraction"] = flops / med["ours"] / peaks[precision]
                 if not args.no_memory:
-                    mem = {w: peak_memory_bytes(step, device) for w, step in steps.items()}
+                    mem = {w: step_peak_memory(step, device) for w, step in steps.items()}
                     row["mem_ratio"] = mem["ours"] / mem["theirs"]
                     row["ours_mb"], row["theirs_mb"] = mem["ours"] / 2**20, mem["theirs"] / 2**20
                 rows.append(row)

@@ -18,7 +18,7 @@ import copy
 import math
 
 import torch
-from speed_vs_diffusers import make_sample_step, make_train_step, peak_memory_bytes
+from speed_vs_diffusers import make_sample_step, make_train_step, step_peak_memory
 from timing import interleaved_medians
 
 from film_diffusion import DiT
@@ -65,7 +65,7 @@ def main() -> None:
         sample = {m: make_sample_step(sampling[m], call, batch, device, dtype) for m in MIXERS}
         train_ms = interleaved_medians({m: s.run for m, s in train.items()}, args.repeats, args.warmup, device)
         sample_ms = interleaved_medians({m: s.run for m, s in sample.items()}, args.repeats, args.warmup, device)
-        memory = {m: peak_memory_bytes(train[m], device) for m in MIXERS}
+        memory = {m: step_peak_memory(train[m], device) for m in MIXERS}
         rows.append({"size": size, "tokens": (size // 2) ** 2, "train": train_ms, "sample": sample_ms,
                      "memory": memory, "params": {m: sum(p.numel() for p in models[m].parameters()) for m in MIXERS}})
         print(f"{size} px: " + ", ".join(f"{m} train {1e3 * train_ms[m]:.1f} ms, sample {1e3 * sample_ms[m]:.1f} ms"

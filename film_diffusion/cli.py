@@ -97,6 +97,19 @@ def _add_train(parser: argparse.ArgumentParser) -> None:
                         "checkpoint, or from a checkpoints/checkpoint-STEP folder")
 
 
+def _compare(args: argparse.Namespace) -> None:
+    from film_diffusion.evaluation.compare import compare
+
+    out = compare(args.config, args.overrides)
+    print(f"done: {out / 'results.md'}")
+
+
+def _add_compare(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("config", help="compare YAML, e.g. configs/compare_methods.yaml (see configs/README.md)")
+    parser.add_argument("overrides", nargs="*", help="key=value overrides, e.g. output_dir=runs/mine "
+                        "experiment.train.max_steps=200 matrix.seed=[0,1]")
+
+
 # name -> (one-line help, add its arguments, run it)
 COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], None]]] = {
     "smoke": (
@@ -113,6 +126,12 @@ COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Callab
         "Sample captions or class labels from a run or pipeline folder into a labelled grid and image files.",
         _add_sample,
         _sample,
+    ),
+    "compare": (
+        "Train a matrix of runs (methods x backbones x seeds x any key) under one budget, resumably, and report "
+        "them side by side: table, plots, sample grid.",
+        _add_compare,
+        _compare,
     ),
     "train-oracle": (
         "Train the oracle that reads built-in scenes back from pixels, for one resolution, on the CPU.",

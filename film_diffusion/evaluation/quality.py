@@ -1,5 +1,5 @@
 """Quality of a sampling pipeline on the built-in scenes: the oracle's accuracy on held-out captions that
-name every attribute they are scored on, and in-domain FID / KID against real renders.
+name every attribute they are scored on, in-domain FID / KID against real renders, and CLIP score.
 
 The captions use the ``full`` wording (size, colour, shape and position of one object), so every
 attribute the oracle scores is stated; the noise is fixed by the seed, so the same model gives the
@@ -11,6 +11,7 @@ from __future__ import annotations
 import torch
 
 from film_diffusion.data.shapes import ShapesDataset, scene_class
+from film_diffusion.evaluation.clip_score import clip_score
 from film_diffusion.evaluation.metrics import frechet_distance, kernel_distance
 from film_diffusion.evaluation.oracle import load_oracle
 
@@ -27,7 +28,7 @@ def evaluate_pipeline(pipe, scenes: ShapesDataset, steps: int, guidance_scale: f
                       batch_size: int = 64) -> dict[str, float]:
     """Sample one image per scene (its caption, or its class label) and score it; keys: the oracle's
     ``color``, ``shape``, ``size``, ``position``, ``count``, ``all`` (text) or ``color``, ``shape``,
-    ``color_and_shape`` (labels), then ``fid`` and ``kid``."""
+    ``color_and_shape`` (labels), then ``fid`` and ``kid``, and for text ``clip_score`` (the built-in CLIP's)."""
     text = pipe.text_encoder is not None
     truth = [scenes.scene(i) for i in range(len(scenes))]
     fakes = []
@@ -51,8 +52,11 @@ def evaluate_pipeline(pipe, scenes: ShapesDataset, steps: int, guidance_scale: f
                   "color_and_shape": _mean(all(h) for h in hits)}
     real = torch.stack([scenes[i]["image"] for i in range(len(scenes))])
     real_features, fake_features = oracle.features(real), oracle.features(fake)
-    return {**scores, "fid": frechet_distance(real_features, fake_features),
-            "kid": kernel_distance(real_features, fake_features)}
+    scores |= {"fid": frechet_distance(real_features, fake_features),
+               "kid": kernel_distance(real_features, fake_features)}
+    if text:
+        scores["clip_score"] = clip_score(fake, [caption for _, caption in truth])
+    return scores
 
 
 def _mean(values) -> float:

@@ -52,6 +52,8 @@ from film_diffusion.training.objectives import diffusion_loss, noise_scheduler, 
 from film_diffusion.training.randomness import ShardedRandom
 
 METRICS = "metrics.jsonl"
+WALL_CLOCK = ("images_per_s", "train_seconds")
+"""The metrics rows' keys measured by the clock: all others are the same in every run of one config."""
 LATENTS = "latents.safetensors"
 
 
@@ -169,12 +171,13 @@ def train(config: ExperimentConfig, resume: str | None = None) -> Path:
         progress.step += 1
         progress.add_loss(loss_value)
         seconds.append(time.perf_counter() - tick)  # training only: not sampling, evaluation or checkpoints
+        progress.seconds += seconds[-1]
         bar.update(1)
 
         if progress.step % tc.log_every == 0 or progress.step == tc.max_steps:
             row = {"step": progress.step, "loss": progress.take_mean_loss(), "lr": lr,
                    "grad_norm": None if grad_norm is None else float(grad_norm),
-                   "images_per_s": tc.batch_size * len(seconds) / sum(seconds)}
+                   "images_per_s": tc.batch_size * len(seconds) / sum(seconds), "train_seconds": progress.seconds}
             seconds.clear()
             bar.set_postfix(loss=f"{row['loss']:.4f}", img_s=f"{row['images_per_s']:.1f}")
             accelerator.log({k: v for k, v in row.items() if k != "step" and v is not None}, step=progress.step)
@@ -189,7 +192,7 @@ def train(config: ExperimentConfig, resume: str | None = None) -> Path:
                 scores = evaluate(pipe, config)
             bar.write(f"step {progress.step}: " + ", ".join(f"{k} {v:.4f}" for k, v in scores.items()))
             accelerator.log(scores, step=progress.step)
-            _append_metrics(run, {"step": progress.step, **scores})
+            _append_metrics(run, {"step": progress.step, "train_seconds": progress.seconds, **scores})
         if (tc.checkpoint_every and progress.step % tc.checkpoint_every == 0) or progress.step == tc.max_steps:
             save_checkpoint(accelerator, run, progress.step, tc.checkpoints_total_limit, run_state)
     bar.close()
@@ -203,13 +206,14 @@ def train(config: ExperimentConfig, resume: str | None = None) -> Path:
 
 
 class RunProgress:
-    """The step and the loss of the log window in progress: checkpointed, so a resumed run logs the
-    same rows as one that never stopped."""
+    """The step, the loss of the log window in progress and the training seconds so far: checkpointed, so
+    a resumed run logs the same rows as one that never stopped, and its clock goes on from the checkpoint's."""
 
     def __init__(self) -> None:
         self.step = 0
         self.loss_sum = 0.0
         self.loss_count = 0
+        self.seconds = 0.0
 
     def add_loss(self, value: float) -> None:
         self.loss_sum += value
@@ -221,10 +225,11 @@ class RunProgress:
         return mean
 
     def state_dict(self) -> dict:
-        return {"step": self.step, "loss_sum": self.loss_sum, "loss_count": self.loss_count}
+        return {"step": self.step, "loss_sum": self.loss_sum, "loss_count": self.loss_count, "seconds": self.seconds}
 
     def load_state_dict(self, state: dict) -> None:
         self.step, self.loss_sum, self.loss_count = state["step"], state["loss_sum"], state["loss_count"]
+        self.seconds = state["seconds"]
 
 
 class StreamSampler(Sampler[tuple[int, int]]):

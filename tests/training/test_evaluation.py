@@ -2,10 +2,13 @@
 
 import json
 
+import pytest
 import torch
+import torch.nn.functional as F
 from runs import tiny_run
 
 from film_diffusion.data.shapes import scene_class
+from film_diffusion.evaluation.clip_score import clip_score, scoring_clip
 from film_diffusion.evaluation.metrics import kernel_distance
 from film_diffusion.evaluation.quality import evaluate_pipeline, held_out_scenes
 
@@ -41,6 +44,21 @@ def test_perfect_images_score_one_and_noise_scores_low():
     # The same images on both sides: FID is rounding only (a singular covariance of 48 samples in 576
     # dimensions), and unbiased KID is slightly negative (it leaves out each image's match with itself).
     assert perfect["fid"] < noise["fid"] / 100 and perfect["kid"] < 0 < noise["kid"], (perfect, noise)
+    assert perfect["clip_score"] > noise["clip_score"] + 5, (perfect, noise)
+
+
+def test_clip_score_is_its_formula_and_prefers_the_true_captions():
+    scenes = held_out_scenes(32, 24, seed=5, holdout=None)
+    images = torch.stack([scenes[i]["image"] for i in range(len(scenes))])
+    captions = [scenes.scene(i)[1] for i in range(len(scenes))]
+    clip = scoring_clip()
+    with torch.no_grad():
+        cosine = (clip.encode_images(images) * F.normalize(clip.encode(captions).pooled, dim=-1)).sum(-1)
+    assert clip_score(images, captions, batch_size=10) == pytest.approx((100 * cosine).clamp(min=0).mean().item(),
+                                                                        abs=1e-3)
+    assert clip_score(images, captions) > clip_score(images, captions[1:] + captions[:1]) + 5
+    with pytest.raises(ValueError, match="one caption per image"):
+        clip_score(images, captions[:3])
 
 
 def test_class_models_are_scored_on_colour_and_shape():
@@ -73,4 +91,4 @@ def test_a_run_logs_oracle_scores_on_the_held_out_and_compositional_splits(tmp_p
     assert len(scores) == 1 and scores[0]["step"] == 2
     for prefix in ("eval", "eval_cogent"):
         assert all(0 <= scores[0][f"{prefix}/{k}"] <= 1 for k in ("color", "shape", "size", "position", "all"))
-        assert scores[0][f"{prefix}/fid"] >= 0
+        assert scores[0][f"{prefix}/fid"] >= 0 and scores[0][f"{prefix}/clip_score"] >= 0

@@ -40,12 +40,19 @@ def states(run):
         "model": load_file(checkpoint / "model.safetensors"),
         "optimizer": torch.load(checkpoint / "optimizer.bin", weights_only=True),
         "run_state": load_file(checkpoint / "run_state.safetensors"),  # EMA weights, generator state
-        "run_values": json.loads((checkpoint / "run_state.json").read_text()),  # step, lr schedule, EMA counters
-        # every logged number but the wall-clock speed
-        "metrics": [{k: v for k, v in json.loads(line).items() if k != "images_per_s"}
+        "run_values": run_values(checkpoint),  # step, lr schedule, EMA counters
+        # every logged number but the wall-clock ones
+        "metrics": [{k: v for k, v in json.loads(line).items() if k not in trainer.WALL_CLOCK}
                     for line in (run / "metrics.jsonl").read_text().splitlines()],
         "pipeline": load_file(run / "pipeline" / "denoiser" / "diffusion_pytorch_model.safetensors"),
     }
+
+
+def run_values(checkpoint):
+    """The checkpoint's JSON state but the training seconds (the clock is not the same in two runs)."""
+    values = json.loads((checkpoint / "run_state.json").read_text())
+    assert values["progress"].pop("seconds") > 0
+    return values
 
 
 def assert_equal(a, b, where=""):
@@ -74,6 +81,8 @@ def test_killed_and_resumed_run_equals_an_uninterrupted_one(tmp_path, monkeypatc
     a, b = states(whole), states(resumed)
     assert_equal(a, b)  # weights, optimizer, lr schedule, EMA, generator, step, log rows, final EMA pipeline
     assert [row["step"] for row in a["metrics"]] == [2, 4, 6]
+    seconds = [json.loads(line)["train_seconds"] for line in (resumed / "metrics.jsonl").read_text().splitlines()]
+    assert 0 < seconds[0] < seconds[1] < seconds[2]  # the clock goes on from the checkpoint's
     assert a["run_values"]["ema"]["optimization_step"] == 6 and a["run_values"]["progress"]["step"] == 6
     assert not list((resumed / "checkpoints" / "checkpoint-6").glob("custom_checkpoint_*"))  # no pickled state
 

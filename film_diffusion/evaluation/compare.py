@@ -1,0 +1,255 @@
+"""``film-diffusion compare``: a matrix of training runs under one budget, each through the real trainer, then one
+report (see :mod:`film_diffusion.evaluation.report`).
+
+A compare config names the experiment every run starts from (``base``, a YAML file, then ``experiment``, keys
+that differ from it) and a ``matrix``: experiment keys, each with a list of values; the runs are every
+combination, in the order the matrix lists them. Every run therefore has the same data order, seeds, steps,
+batch and precision, except where the matrix varies them. Runs go one after another, each in its own process
+(``RUN/`` under ``OUTPUT/runs/``), so each one's speed and memory are its own; the comparison resumes run by
+run: a finished run (its ``pipeline/`` written) is never trained again, an interrupted one continues from
+its newest complete checkpoint.
+"""
+
+from __future__ import annotations
+
+import copy
+import itertools
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from film_diffusion.conditioning import Condition
+from film_diffusion.config import ConfigError, config_to_dict, load_config
+from film_diffusion.errors import UserError
+from film_diffusion.evaluation.model_cost import matched_width, model_size
+from film_diffusion.evaluation.report import value_label, write_report
+from film_diffusion.training.build import build_encoder
+from film_diffusion.training.checkpoints import resolve_resume
+from film_diffusion.training.config import ExperimentConfig, load_experiment
+
+
+@dataclass
+class CompareConfig:
+    output_dir: Path = Path("runs/compare")
+    base: Path | None = None  # an experiment YAML every run starts from (relative to this file); null: the defaults
+    experiment: dict[str, Any] = field(default_factory=dict)  # experiment keys set for every run, over base
+    matrix: dict[str, Any] = field(default_factory=dict)  # experiment key (dotted) -> list of values
+    match: Literal["none", "params", "flops"] = "none"  # size each run's backbone width to a common count
+    launcher: list[str] = field(default_factory=list)  # runs each training, e.g. [accelerate, launch]; [] = python
+    grid_seed: int = 0  # the initial noise of the side-by-side grid
+
+
+@dataclass
+class PlannedRun:
+    """One cell of the matrix: its name, its matrix values and the experiment it trains."""
+
+    name: str
+    values: dict[str, Any]
+    overrides: list[str]
+    config: ExperimentConfig
+
+    @property
+    def folder(self) -> Path:
+        return Path(self.config.output_dir)
+
+    @property
+    def finished(self) -> bool:
+        return (self.folder / "pipeline" / "model_index.json").is_file()
+
+
+def load_compare(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> CompareConfig:
+    """The compare config with its overrides; ``base`` resolved against the file's folder."""
+    config = load_config(path, CompareConfig, overrides)
+    config.matrix = flatten(config.matrix)
+    if config.base is not None and not config.base.is_absolute():
+        config.base = Path(path).resolve().parent / config.base
+    if not config.matrix:
+        raise ConfigError("Config key 'matrix' is empty; list at least one experiment key with its values, e.g. "
+                          "matrix: {model.conditioning: [[film], [adaln_zero]]}.")
+    for key, values in config.matrix.items():
+        if not isinstance(values, list) or not values:
+            raise ConfigError(f"Config key 'matrix.{key}' must be a non-empty list of values, got {values!r}.")
+        if key == "output_dir":
+            raise ConfigError("Config key 'matrix.output_dir' cannot vary: each run's folder is named from its values.")
+    return config
+
+
+def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested mappings to dotted keys: ``{model: {backbone: [...]}}`` and ``{model.backbone: [...]}`` are the
+    same matrix."""
+    flat: dict[str, Any] = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            flat |= flatten(value, f"{prefix}{key}.")
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def experiment_source(config: CompareConfig) -> dict:
+    """The experiment every run starts from: ``base`` with ``experiment`` merged over it."""
+    base = {}
+    if config.base is not None:
+        if not config.base.is_file():
+            raise ConfigError(f"Config key 'base' is '{config.base}', which is not a file; name an experiment YAML.")
+        base = yaml.safe_load(config.base.read_text()) or {}
+    return _merge(base, config.experiment)
+
+
+def plan_runs(config: CompareConfig) -> list[PlannedRun]:
+    """Every combination of the matrix values, checked as an experiment config before anything trains."""
+    source = experiment_source(config)
+    keys = list(config.matrix)
+    runs = []
+    for combination in itertools.product(*config.matrix.values()):
+        values = dict(zip(keys, combination, strict=True))
+        name = run_name(values)
+        overrides = [f"{k}={_yaml_value(v)}" for k, v in values.items()]
+        try:
+            experiment = load_experiment(source, [*overrides, f"output_dir={config.output_dir / 'runs' / name}"])
+        except ConfigError as err:
+            raise ConfigError(f"Run '{name}' of the matrix: {err}") from None
+        runs.append(PlannedRun(name, values, overrides, experiment))
+    names = [r.name for r in runs]
+    if len(set(names)) != len(names):
+        raise ConfigError("Two matrix cells get the same run name; make the values of each matrix key distinct.")
+    return runs
+
+
+def run_name(values: dict[str, Any]) -> str:
+    """A folder name from the matrix values: ``conditioning=film+cross_attention_backbone=dit_seed=0``."""
+    return "_".join(f"{key.rsplit('.', 1)[-1]}={value_label(v)}" for key, v in values.items()).replace("/", "-")
+
+
+class ModelInputs:
+    """Per condition config, the encoder's widths and one encoded caption: what building and measuring a
+    run's denoiser needs, loaded once for all the runs that share an encoder."""
+
+    def __init__(self) -> None:
+        self._found: dict[str, tuple[dict, Condition | None]] = {}
+
+    def __call__(self, config: ExperimentConfig) -> tuple[dict, Condition | None]:
+        key = yaml.safe_dump(config_to_dict(config.condition))
+        if key not in self._found:
+            encoder = build_encoder(config.condition)
+            condition = None if encoder is None else encoder.encode(config.sample.captions[:1])
+            dims = dict(token_dim=getattr(encoder, "token_dim", None), pooled_dim=getattr(encoder, "pooled_dim", None),
+                        max_length=getattr(encoder, "max_length", None))
+            self._found[key] = (dims, condition)
+        dims, condition = self._found[key]
+        return {**dims, "channels": 3, "size": config.data.resolution}, condition
+
+
+def check_models(runs: list[PlannedRun], inputs: ModelInputs) -> None:
+    """Build every run's denoiser once, so that a method or size the backbone refuses stops the comparison
+    before anything trains."""
+    for run in runs:
+        if run.config.vae.name_or_path is not None:
+            continue  # a latent model's widths come from its VAE; its training run checks it
+        try:
+            model_size(run.config, *inputs(run.config), "params")
+        except UserError as err:
+            raise ConfigError(f"Run '{run.name}' of the matrix: {err}") from None
+
+
+def size_runs(runs: list[PlannedRun], measure: str, inputs: ModelInputs) -> dict[str, dict]:
+    """Give every run the backbone width that brings it closest to the first run of its backbone in
+    ``measure`` (``params`` or ``flops``); returns, per run, the reference, the target, the size reached and
+    the width. The runs' configs and overrides are updated in place."""
+    targets: dict[str, tuple[str, int]] = {}
+    sizing = {}
+    for run in runs:
+        config = run.config
+        if config.vae.name_or_path is not None:
+            raise ConfigError("Config key 'match' sizes pixel-space models; set it to none for a latent (VAE) "
+                              "experiment.")
+        dims, condition = inputs(config)
+        backbone = config.model.backbone
+        if backbone not in targets:
+            targets[backbone] = (run.name, model_size(config, dims, condition, measure))
+        reference, target = targets[backbone]
+        width_key, width, size = matched_width(config, target, dims, condition, measure)
+        override = f"{width_key}={_yaml_value(width)}"
+        run.overrides.append(override)
+        run.config = load_experiment(config_to_dict(config), [override])
+        sizing[run.name] = {"reference": reference, "target": target, "size": size, "width": width}
+    return sizing
+
+
+def run_all(runs: list[PlannedRun], source_file: Path, launcher: list[str]) -> None:
+    """Train every unfinished run, one process each, resuming where a checkpoint is complete."""
+    for i, run in enumerate(runs, 1):
+        check_same_experiment(run)
+        if run.finished:
+            print(f"[{i}/{len(runs)}] {run.name}: finished, not trained again")
+            continue
+        resume = run.folder.exists() and resolve_resume(run.folder, "latest") is not None
+        if run.folder.exists() and not resume:
+            print(f"[{i}/{len(runs)}] {run.name}: stopped before its first checkpoint; starting it over")
+            shutil.rmtree(run.folder)
+        print(f"[{i}/{len(runs)}] {run.name}: {'resuming' if resume else 'training'}", flush=True)
+        command = [*(launcher or [sys.executable]), "-m", "film_diffusion.cli", "train", str(source_file),
+                   *run.overrides, f"output_dir={run.folder}", *(["--resume", "latest"] if resume else [])]
+        launch(command, run.name)
+
+
+def launch(command: list[str], name: str) -> None:
+    """One training, in its own process; a failure stops the comparison (finished runs stay finished)."""
+    code = subprocess.run(command).returncode
+    if code:
+        raise UserError(f"Run '{name}' failed (exit code {code}; its error is printed above); fix it and run the "
+                        "same compare command again: finished runs are kept.")
+
+
+def check_same_experiment(run: PlannedRun) -> None:
+    """A run folder left by an earlier sitting must hold the experiment the matrix now asks for."""
+    saved = run.folder / "config.yaml"
+    if not saved.is_file():
+        return
+    before, now = flatten(yaml.safe_load(saved.read_text())), flatten(config_to_dict(run.config))
+    changed = [k for k in now if before.get(k) != now[k]]
+    if changed:
+        key = changed[0]
+        raise UserError(f"Run folder '{run.folder}' was trained with another config ({key} was {before.get(key)!r}, "
+                        f"now {now[key]!r}); restore the compare config, or choose another output_dir.")
+
+
+def prepare(config: CompareConfig) -> tuple[list[PlannedRun], dict[str, dict]]:
+    """The runs, every one checked to build, and sized when ``match`` asks (with the sizing per run)."""
+    runs = plan_runs(config)
+    inputs = ModelInputs()
+    check_models(runs, inputs)
+    return runs, size_runs(runs, config.match, inputs) if config.match != "none" else {}
+
+
+def compare(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Path:
+    """Plan, size, train what is unfinished, then write the report; returns the comparison folder."""
+    config = load_compare(path, overrides)
+    runs, sizing = prepare(config)
+    out = Path(config.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    source_file = out / "experiment.yaml"
+    source_file.write_text(yaml.safe_dump(experiment_source(config), sort_keys=False))
+    (out / "compare.yaml").write_text(yaml.safe_dump(config_to_dict(config), sort_keys=False))
+    run_all(runs, source_file, config.launcher)
+    return write_report(out, runs, config, sizing)
+
+
+def _yaml_value(value: Any) -> str:
+    return yaml.safe_dump(value, default_flow_style=True, width=10_000).strip().removesuffix("\n...").strip()
+
+
+def _merge(base: dict, update: dict) -> dict:
+    merged = copy.deepcopy(base)
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _merge(merged[key], value)
+        else:
+            merged[key] = copy.deepcopy(value)
+    return merged
+

@@ -1,0 +1,227 @@
+"""The comparison's report, made only from the runs' own files: ``results.json`` and ``results.md`` (a row per run,
+mean and spread over seeds, method x backbone), plots of the loss and of every quality metric against step and
+against training seconds, and one grid of every run's samples from the same captions and noise.
+
+Per run, what needs the model (parameters, FLOPs, the peak memory of a training step, the grid's images) is
+measured once from its saved pipeline and kept in ``RUN/compare_measures.json`` and ``RUN/compare_samples/``.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+from collections import defaultdict
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+from PIL import Image
+from tqdm.auto import tqdm
+
+from film_diffusion.evaluation.model_cost import example_inputs, forward_flops, parameter_counts, training_peak_memory
+from film_diffusion.evaluation.plots import BACKBONE_KEY, SEED_KEY, plot_curves
+from film_diffusion.grid import labelled_grid
+from film_diffusion.pipelines import FilmDiffusionPipeline
+
+if TYPE_CHECKING:
+    from film_diffusion.evaluation.compare import CompareConfig, PlannedRun
+
+MEASURES = "compare_measures.json"
+SAMPLES = "compare_samples"
+# Quality metrics in the order the tables show them, with their column titles; a run has the ones its
+# condition states (text: all attributes; class labels: colour and shape).
+METRICS = {"color": "colour", "shape": "shape", "size": "size", "position": "position", "all": "all",
+           "color_and_shape": "colour+shape", "fid": "FID", "kid": "KID", "clip_score": "CLIP"}
+LOWER_IS_BETTER = {"fid", "kid", "final_loss"}
+
+
+def measure_run(run: PlannedRun, grid_seed: int) -> dict[str, Any]:
+    """Parameters, FLOPs of one forward pass and the peak memory of one training step of the run's final
+    model, and its grid row (one image per ``sample.captions`` or ``sample.class_labels`` entry, noise from
+    ``grid_seed``); measured once and kept in the run folder."""
+    cached = run.folder / MEASURES
+    if cached.is_file():
+        return json.loads(cached.read_text())
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    pipe = FilmDiffusionPipeline.from_pretrained(run.folder / "pipeline").to(device)
+    config = run.config
+    text = pipe.text_encoder is not None
+    condition = pipe.text_encoder.encode(config.sample.captions[:1]) if text else None
+    denoiser = pipe.denoiser
+    micro = config.train.batch_size // config.train.gradient_accumulation_steps
+    measures = {**parameter_counts(denoiser), "flops": forward_flops(denoiser, example_inputs(denoiser, condition,
+                                                                                                device=device)),
+                "peak_memory_mb": training_peak_memory(denoiser, example_inputs(denoiser, condition, micro, device),
+                                                       config.train.mixed_precision) / 2**20}
+    pipe.set_progress_bar_config(disable=True)
+    inputs = {"prompt": config.sample.captions} if text else {"class_labels": config.sample.class_labels}
+    images = pipe(**inputs, num_inference_steps=config.sample.steps, guidance_scale=config.sample.guidance_scale,
+                  generator=torch.Generator(device).manual_seed(grid_seed)).images
+    (run.folder / SAMPLES).mkdir(exist_ok=True)
+    for i, image in enumerate(images):
+        image.save(run.folder / SAMPLES / f"{i:02d}.png")
+    cached.write_text(json.dumps(measures, indent=1) + "\n")
+    return measures
+
+
+def value_label(value: Any) -> str:
+    """A short label of a matrix value: lists join with ``+``, a method with options reads
+    ``film(placement=after_residual)``."""
+    if isinstance(value, list):
+        return "+".join(value_label(v) for v in value)
+    if isinstance(value, dict):
+        options = ",".join(f"{k}={value_label(v)}" for k, v in value.items() if k != "name")
+        return f"{value.get('name', '')}({options})" if "name" in value else options
+    return str(value)
+
+
+def run_row(run: PlannedRun, measures: dict, sizing: dict | None) -> dict[str, Any]:
+    """A run's row: its matrix values, size, cost, speed, final loss and final scores, read from its files."""
+    rows = [json.loads(line) for line in (run.folder / "metrics.jsonl").read_text().splitlines() if line]
+    losses = [r for r in rows if "loss" in r]
+    evals = [r for r in rows if any(k.startswith("eval") for k in r)]
+    last = losses[-1]
+    row = {"run": run.name, **{k: value_label(v) for k, v in run.values.items()}, **measures,
+           "width": None if sizing is None else sizing["width"],
+           "images_per_s": run.config.train.batch_size * last["step"] / last["train_seconds"],
+           "train_seconds": last["train_seconds"], "steps": last["step"], "final_loss": last["loss"]}
+    if evals:
+        row |= {k: v for k, v in evals[-1].items() if k.startswith("eval")}
+    return row
+
+
+def group_rows(rows: list[dict], keys: list[str]) -> list[dict]:
+    """Runs that differ only in ``seed``: the mean and the sample standard deviation of every number (0 for a
+    single run), with ``n``."""
+    groups: dict[tuple, list[dict]] = defaultdict(list)
+    for row in rows:
+        groups[tuple(row[k] for k in keys if k != SEED_KEY)].append(row)
+    out = []
+    for values, members in groups.items():
+        summary: dict[str, Any] = dict(zip([k for k in keys if k != SEED_KEY], values, strict=True))
+        summary["n"] = len(members)
+        numbers = [k for k, v in members[0].items() if isinstance(v, (int, float)) and not isinstance(v, bool)]
+        for key in numbers:
+            found = [m[key] for m in members if m.get(key) is not None]
+            if found:
+                summary[key] = statistics.fmean(found)
+                summary[f"{key}_std"] = statistics.stdev(found) if len(found) > 1 else 0.0
+        out.append(summary)
+    return out
+
+
+def write_report(out: Path, runs: list[PlannedRun], config: CompareConfig, sizing: dict[str, dict]) -> Path:
+    """Measure every run (once), then write results.json, results.md, the plots and the grid."""
+    keys = list(config.matrix)
+    measures = {run.name: measure_run(run, config.grid_seed) for run in tqdm(runs, desc="measuring runs")}
+    rows = [run_row(run, measures[run.name], sizing.get(run.name)) for run in runs]
+    groups = group_rows(rows, keys)
+    curves = {run.name: [json.loads(line) for line in (run.folder / "metrics.jsonl").read_text().splitlines()
+                         if line] for run in runs}
+    quality = metric_keys(rows)
+    plots = plot_curves(out, rows, curves, keys, quality, {k: column_title(k) for k in quality})
+    grid = side_by_side_grid(runs)
+    grid.save(out / "samples.png")
+    results = {"matrix": config.matrix, "match": config.match, "sizing": sizing, "runs": rows, "groups": groups,
+               "plots": [p.name for p in plots], "grid": "samples.png"}
+    (out / "results.json").write_text(json.dumps(results, indent=1) + "\n")
+    (out / "results.md").write_text(markdown(rows, groups, keys, config, runs, plots))
+    print(f"wrote {out / 'results.md'}, results.json, {len(plots)} plots and samples.png")
+    return out
+
+
+def side_by_side_grid(runs: list[PlannedRun]) -> Image.Image:
+    """One row per run, one column per caption (or label): the same captions and noise in every row."""
+    rows = [[Image.open(path).convert("RGB") for path in sorted((run.folder / SAMPLES).glob("*.png"))]
+            for run in runs]
+    labels = [", ".join(f"{k.rsplit('.', 1)[-1]}={value_label(v)}" for k, v in run.values.items()) for run in runs]
+    return labelled_grid(rows, labels)
+
+
+def metric_keys(rows: list[dict]) -> list[str]:
+    """The quality columns present: ``eval/...`` first, then the compositional split's ``eval_cogent/...``."""
+    present = {k for row in rows for k in row}
+    return [f"{prefix}/{m}" for prefix in ("eval", "eval_cogent") for m in METRICS if f"{prefix}/{m}" in present]
+
+
+def headline(rows: list[dict]) -> str | None:
+    """The metric the method x backbone table shows: all-correct for text, colour-and-shape for labels."""
+    present = {k for row in rows for k in row}
+    return next((k for k in ("eval/all", "eval/color_and_shape") if k in present), None)
+
+
+def column_title(key: str) -> str:
+    prefix, _, metric = key.partition("/")
+    return f"{'CoGenT ' if prefix == 'eval_cogent' else ''}{METRICS[metric]}"
+
+
+def markdown(rows: list[dict], groups: list[dict], keys: list[str], config: CompareConfig, runs: list[PlannedRun],
+             plots: list[Path]) -> str:
+    first = runs[0].config
+    train = first.train
+    precision = "float32" if train.mixed_precision == "no" else train.mixed_precision
+    quality = metric_keys(rows)
+    lines = [f"# Comparison: {config.output_dir}", "",
+             f"Made by `film-diffusion compare` from `compare.yaml` in this folder; every figure below is read from "
+             f"the runs' files under `runs/`. Every run: {train.max_steps} steps of batch {train.batch_size}, "
+             f"{precision} precision, lr {train.lr:g}, data `{first.data.name}` at "
+             f"{first.data.resolution} px, scored on {first.eval.scenes} held-out captions with "
+             f"{first.sample.steps} sampling steps at guidance {first.sample.guidance_scale:g}. Matrix: "
+             + "; ".join(f"`{k}` in {len(v)} values" for k, v in config.matrix.items()) + ".", "",
+             _sizing_sentence(config) + " Conditioning parameters are those of the conditioning stack (embedders, "
+             "generators, cross-attention) but a method that carries the timestep alone; FLOPs are one forward "
+             "pass of the denoiser at batch 1; peak memory is one training step at the run's micro-batch and "
+             "precision.", "", "## Runs", ""]
+    columns = ["run", "width", "params (M)", "conditioning params (M)", "GFLOPs / forward", "img/s",
+               "peak MiB (train step)", "final loss", *map(column_title, quality)]
+    lines += [_row(columns), _row(["---"] + ["---:"] * (len(columns) - 1))]
+    for row in rows:
+        cells = [row["run"], "" if row["width"] is None else str(row["width"]), f"{row['params'] / 1e6:.3f}",
+                 f"{row['params_conditioning'] / 1e6:.3f}", f"{row['flops'] / 1e9:.3g}", f"{row['images_per_s']:.1f}",
+                 f"{row['peak_memory_mb']:.0f}", f"{row['final_loss']:.4f}",
+                 *(_number(row.get(k)) for k in quality)]
+        lines.append(_row(cells))
+    group_keys = [k for k in keys if k != SEED_KEY]
+    if any(g["n"] > 1 for g in groups):
+        lines += ["", "## Mean and standard deviation over seeds", ""]
+        columns = [*(k.rsplit(".", 1)[-1] for k in group_keys), "n", "final loss", *map(column_title, quality)]
+        lines += [_row(columns), _row(["---"] * len(group_keys) + ["---:"] * (len(columns) - len(group_keys)))]
+        for g in groups:
+            cells = [*(str(g[k]) for k in group_keys), str(g["n"]),
+                     *(f"{_number(g.get(k))} ± {_number(g.get(f'{k}_std'))}" if k in g else "" for k in
+                       ["final_loss", *quality])]
+            lines.append(_row(cells))
+    best = headline(rows)
+    if best and BACKBONE_KEY in keys and len(config.matrix[BACKBONE_KEY]) > 1:
+        lines += ["", f"## {column_title(best)} by method and backbone (mean over seeds)", ""]
+        backbones = [str(b) for b in config.matrix[BACKBONE_KEY]]
+        methods = [k for k in group_keys if k != BACKBONE_KEY]
+        table: dict[str, dict[str, str]] = defaultdict(dict)
+        for g in groups:
+            label = ", ".join(str(g[k]) for k in methods) or "all"
+            table[label][str(g[BACKBONE_KEY])] = _number(g.get(best))
+        lines += [_row(["method", *backbones]), _row(["---"] + ["---:"] * len(backbones))]
+        lines += [_row([label, *(cells.get(b, "") for b in backbones)]) for label, cells in table.items()]
+    lines += ["", "## Curves", "", *(f"![{p.stem}]({p.name})" for p in plots), "", "## Samples", "",
+              "Each row is one run; the columns are, in order: "
+              + "; ".join(f"\"{c}\"" for c in (first.sample.captions if first.condition.source != "class_labels"
+                                              else map(str, first.sample.class_labels)))
+              + f" (the same initial noise in every row, seed {config.grid_seed}).", "", "![samples](samples.png)", ""]
+    return "\n".join(lines)
+
+
+def _sizing_sentence(config: CompareConfig) -> str:
+    if config.match == "none":
+        return "Sizes: each run has the width its config gives (`match: none`); compare parameters and FLOPs below."
+    return (f"Sizes: each run's backbone width (column `width`) was chosen to bring its {config.match} closest to "
+            "those of the first run of its backbone (`match: " + config.match + "`).")
+
+
+def _number(value: Any) -> str:
+    if value is None:
+        return ""
+    return f"{value:.2f}" if abs(value) >= 10 else f"{value:.3f}"
+
+
+def _row(cells: list[str]) -> str:
+    return "| " + " | ".join(cells) + " |"
