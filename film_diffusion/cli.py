@@ -110,6 +110,24 @@ def _add_compare(parser: argparse.ArgumentParser) -> None:
                         "experiment.train.max_steps=200 matrix.seed=[0,1]")
 
 
+def _analyze(args: argparse.Namespace) -> None:
+    from film_diffusion.evaluation.analysis import analyze
+
+    out = analyze(args.run_dir, scenes=args.scenes, noise=tuple(args.noise), out=args.out, device=args.device)
+    print(f"done: {out / 'analysis.md'}")
+
+
+def _add_analyze(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("run_dir", metavar="RUN", help="a finished run folder whose model is conditioned by film or "
+                        "adaln_zero")
+    parser.add_argument("--scenes", type=int, help="held-out captions to read and score (default: the run's "
+                        "eval.scenes)")
+    parser.add_argument("--noise", type=float, nargs="+", default=[0.1, 0.3, 1.0], metavar="SIGMA",
+                        help="standard deviations of the noise added to gamma and to beta (default 0.1 0.3 1)")
+    parser.add_argument("--out", help="output folder (default RUN/analysis)")
+    parser.add_argument("--device", help="cpu, cuda, cuda:1, ... (default: cuda when there is one)")
+
+
 # name -> (one-line help, add its arguments, run it)
 COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], None]]] = {
     "smoke": (
@@ -132,6 +150,12 @@ COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Callab
         "them side by side: table, plots, sample grid.",
         _add_compare,
         _compare,
+    ),
+    "analyze": (
+        "The FiLM paper's analyses of a FiLM or adaLN-Zero run: gamma/beta histograms and maps, and the quality "
+        "when gamma or beta is replaced by its mean, fixed or noised.",
+        _add_analyze,
+        _analyze,
     ),
     "train-oracle": (
         "Train the oracle that reads built-in scenes back from pixels, for one resolution, on the CPU.",

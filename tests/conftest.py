@@ -15,6 +15,7 @@ from pathlib import Path
 import open_clip
 import pytest
 import torch
+from accelerate.state import AcceleratorState
 from open_clip.tokenizer import bytes_to_unicode, default_bpe
 from safetensors.torch import save_file
 from transformers import CLIPTextConfig, CLIPTextModelWithProjection
@@ -24,6 +25,14 @@ TINY_OPEN_CLIP = {
     "vision_cfg": {"image_size": 16, "layers": 2, "width": 32, "head_width": 16, "patch_size": 8},
     "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 3},
 }
+
+
+@pytest.fixture(autouse=True)
+def fresh_accelerator_state():
+    """Accelerate keeps one process-wide state (mixed precision included); each training run in a test starts
+    anew, as a `film-diffusion train` process does."""
+    yield
+    AcceleratorState._reset_state(reset_partial_state=True)
 
 
 @pytest.fixture(autouse=True)

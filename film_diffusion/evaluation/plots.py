@@ -8,10 +8,7 @@ import statistics
 from collections import defaultdict
 from pathlib import Path
 
-import matplotlib
-
-matplotlib.use("Agg")  # files only, no display
-import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.figure import Figure  # a figure drawn straight to a file: no display, no pyplot state
 
 BACKBONE_KEY = "model.backbone"
 SEED_KEY = "seed"
@@ -37,8 +34,8 @@ def plot_curves(out: Path, rows: list[dict], curves: dict[str, list[dict]], keys
 
 def _figure(path: Path, panels: list, lines: dict, curves: dict[str, list[dict]], metric: str, title: str,
             x_keys: list[str]) -> Path:
-    fig, axes = plt.subplots(len(panels), len(x_keys), figsize=(5.5 * len(x_keys), 3.6 * len(panels)),
-                             squeeze=False)
+    fig = Figure(figsize=(5.5 * len(x_keys), 3.6 * len(panels)))
+    axes = fig.subplots(len(panels), len(x_keys), squeeze=False)
     for r, panel in enumerate(panels):
         for c, x_key in enumerate(x_keys):
             ax = axes[r][c]
@@ -59,7 +56,6 @@ def _figure(path: Path, panels: list, lines: dict, curves: dict[str, list[dict]]
             ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
-    plt.close(fig)
     return path
 
 

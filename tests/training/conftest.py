@@ -1,17 +1,8 @@
-"""Training tests: a fresh Accelerate state per test, and a tiny AutoencoderKL saved locally (no hub)."""
+"""Training tests: a tiny AutoencoderKL and image folders saved locally (no hub)."""
 
 import pytest
 import torch
-from accelerate.state import AcceleratorState
 from diffusers import AutoencoderKL
-
-
-@pytest.fixture(autouse=True)
-def fresh_accelerator_state():
-    """Accelerate keeps one process-wide state (mixed precision included); each run here starts anew, as a
-    `film-diffusion train` process does."""
-    yield
-    AcceleratorState._reset_state(reset_partial_state=True)
 
 
 @pytest.fixture(scope="session")

@@ -7,7 +7,7 @@ from pathlib import Path
 from film_diffusion.training.config import ExperimentConfig, load_experiment
 from film_diffusion.training.trainer import train
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "configs"
 
 TINY = ["model.dit.hidden_size=32", "model.dit.depth=2", "model.dit.num_heads=4",

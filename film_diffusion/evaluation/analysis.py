@@ -1,0 +1,320 @@
+"""``film-diffusion analyze RUN``: the FiLM paper's analyses (Perez et al., 2018, section 7) on a trained model
+whose condition enters through FiLM or adaLN-Zero.
+
+For every modulated site the model's generators emit a per-channel ``gamma`` (scale) and ``beta`` (shift) from
+the caption. This module reads them for the held-out evaluation captions (histograms, and a 2-D PCA map per
+site coloured by what each caption names, with the share of their variance each attribute explains), and
+measures the oracle's scores when they are changed at every denoiser call: ``gamma`` or ``beta`` replaced by
+its mean over the evaluation captions, ``gamma`` set to 1 or ``beta`` to 0, Gaussian noise of growing size
+added to each, and, as a check of the machinery, both replaced by their own values (scores unchanged).
+
+The change is made to the model, which is then sampled as usual, guidance included: the unconditional half
+of a guided batch is changed the same way. ``gamma`` and ``beta`` are in the units a site applies:
+``gamma * h + beta`` (FiLM's ``1 + delta`` and adaLN-Zero's ``1 + scale`` included). adaLN-Zero's gates are not
+analysed. Where a generator also reads the timestep, the mean is taken over the captions at the step's own
+timestep, and the histograms and maps are drawn at timestep ``MAP_TIMESTEP``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import matplotlib
+import torch
+from matplotlib.figure import Figure
+from tqdm.auto import tqdm
+
+from film_diffusion.conditioning.adaln_zero import AdaLNZero
+from film_diffusion.conditioning.base import ConditioningMethod
+from film_diffusion.conditioning.film import FiLM
+from film_diffusion.conditioning.sites import Signals
+from film_diffusion.data.shapes import ShapesDataset, scene_class
+from film_diffusion.errors import UserError
+from film_diffusion.evaluation.quality import evaluate_pipeline, held_out_scenes
+from film_diffusion.pipelines import FilmDiffusionPipeline
+from film_diffusion.training.config import load_experiment
+
+MAP_TIMESTEP = 500
+ATTRIBUTES = ("color", "shape", "size", "cell")  # what a one-object full caption names
+Edit = Callable[[int, torch.Tensor, torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
+"""(site index, gamma, beta, the captions' mean (gamma, beta) at this timestep) -> new (gamma, beta); all
+``(rows, channels)``, the mean ``(2, channels)``."""
+
+
+@dataclass
+class Modulated:
+    """One method's modulated sites: which halves of each site's emitted vector are gamma and beta."""
+
+    name: str
+    method: ConditioningMethod
+    sites: list[int]  # indices into the generator's outputs (adaLN-Zero's gates left out)
+
+    def split(self, params: torch.Tensor, site: int) -> tuple[torch.Tensor, torch.Tensor]:
+        first, second = params.chunk(2, dim=-1)
+        if isinstance(self.method, FiLM):
+            return first + self.method.gamma_offset, second
+        return second + 1.0, first  # adaLN-Zero emits (shift, scale) and applies 1 + scale
+
+    def join(self, gamma: torch.Tensor, beta: torch.Tensor, site: int) -> torch.Tensor:
+        if isinstance(self.method, FiLM):
+            return torch.cat([gamma - self.method.gamma_offset, beta], dim=-1)
+        return torch.cat([beta, gamma - 1.0], dim=-1)
+
+    def site_names(self) -> list[str]:
+        return [self.method.sites[i].name for i in self.sites]
+
+
+def modulated_methods(denoiser) -> list[Modulated]:
+    """The FiLM and adaLN-Zero methods that read the condition, with their (gamma, beta) sites."""
+    found = []
+    for name, method in denoiser.conditioner.methods.items():
+        if not method.use_condition:
+            continue
+        if isinstance(method, FiLM):
+            found.append(Modulated(name, method, list(range(len(method.sites)))))
+        elif isinstance(method, AdaLNZero):
+            found.append(Modulated(name, method, [i for i, s in enumerate(method.sites) if s.kind == "norm"]))
+    if not found:
+        raise UserError("analyze needs a model whose condition enters through film or adaln_zero; this one has "
+                        f"{', '.join(denoiser.conditioner.methods)}.")
+    return found
+
+
+class CaptionDrive:
+    """The embedded pooled condition of every evaluation caption (or label), from which a generator's
+    parameters for all of them can be computed at any timestep."""
+
+    def __init__(self, pipe: FilmDiffusionPipeline, scenes: ShapesDataset):
+        stack = pipe.denoiser.conditioner
+        device = pipe.device
+        with torch.no_grad():
+            pooled = None
+            if pipe.text_encoder is not None:
+                captions = [scenes.scene(i)[1] for i in range(len(scenes))]
+                encoded = pipe.text_encoder.encode(captions).pooled.to(device)
+                pooled = stack.pooled_proj(encoded.to(stack.pooled_proj.weight.dtype))
+            if stack.label_embedder is not None:
+                labels = torch.tensor([scene_class(scenes.scene(i)[0]) for i in range(len(scenes))], device=device)
+                embedded = stack.label_embedder(labels)
+                pooled = embedded if pooled is None else pooled + embedded
+        self.pooled = pooled
+
+    def parameters(self, modulated: Modulated, t_emb: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """(gamma, beta) ``(captions, channels)`` at every site of ``modulated``, at the timestep of ``t_emb``
+        ``(1, E)``."""
+        n = len(self.pooled)
+        signals = Signals(t_emb=t_emb.expand(n, -1), pooled=self.pooled, tokens=None, mask=None)
+        generator = modulated.method.generator
+        with torch.no_grad(), torch.autocast(self.pooled.device.type, enabled=False):
+            drive = modulated.method.drive_vector(signals)
+            params = torch.split(generator.out(generator.hidden(drive.to(generator.out.weight.dtype))),
+                                 generator.sizes, dim=-1)
+        return [modulated.split(params[i], i) for i in modulated.sites]
+
+
+@contextlib.contextmanager
+def edited_modulation(denoiser, drive: CaptionDrive, edit: Edit) -> Iterator[None]:
+    """Every (gamma, beta) the model's FiLM / adaLN-Zero generators emit goes through ``edit`` while the block
+    runs (forward hooks; removed afterwards)."""
+    t_emb: dict[str, torch.Tensor] = {}
+    handles = [denoiser.conditioner.register_forward_pre_hook(
+        lambda module, args, kwargs: t_emb.__setitem__("t", args[0] if args else kwargs["t_emb"]), with_kwargs=True)]
+    for modulated in modulated_methods(denoiser):
+        def hook(module, inputs, outputs, modulated=modulated):
+            means = drive.parameters(modulated, t_emb["t"][:1])
+            outputs = list(outputs)
+            for k, i in enumerate(modulated.sites):
+                gamma, beta = modulated.split(outputs[i], i)
+                mean = torch.stack([means[k][0].mean(0), means[k][1].mean(0)])
+                outputs[i] = modulated.join(*edit(k, gamma, beta, mean), i).to(outputs[i].dtype)
+            return tuple(outputs)
+
+        handles.append(modulated.method.generator.register_forward_hook(hook))
+    try:
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def ablations(noise: list[float], seed: int = 0) -> dict[str, Edit | None]:
+    """The changes the FiLM paper measured, by name; None is the model as trained."""
+
+    def noisy(which: str, sigma: float) -> Edit:
+        generator: dict[str, torch.Generator] = {}
+
+        def edit(site, gamma, beta, mean):
+            if "g" not in generator:  # one stream per ablation, on the model's device, seeded
+                generator["g"] = torch.Generator(gamma.device).manual_seed(seed)
+            target = gamma if which == "gamma" else beta
+            changed = target + sigma * torch.randn(target.shape, generator=generator["g"], device=target.device,
+                                                   dtype=target.dtype)
+            return (changed, beta) if which == "gamma" else (gamma, changed)
+
+        return edit
+
+    table: dict[str, Edit | None] = {
+        "as trained": None,
+        "own values": lambda site, gamma, beta, mean: (gamma.clone(), beta.clone()),
+        "gamma := mean": lambda site, gamma, beta, mean: (mean[0].expand_as(gamma), beta),
+        "beta := mean": lambda site, gamma, beta, mean: (gamma, mean[1].expand_as(beta)),
+        "gamma := 1": lambda site, gamma, beta, mean: (torch.ones_like(gamma), beta),
+        "beta := 0": lambda site, gamma, beta, mean: (gamma, torch.zeros_like(beta)),
+    }
+    for sigma in noise:
+        table[f"gamma + N(0, {sigma:g}^2)"] = noisy("gamma", sigma)
+        table[f"beta + N(0, {sigma:g}^2)"] = noisy("beta", sigma)
+    return table
+
+
+def attribute_share(vectors: torch.Tensor, labels: list[str]) -> float:
+    """The share of the vectors' total variance that lies between the groups ``labels`` makes (R^2 of the
+    group means, 1 - within / total): 1 when the vectors cluster perfectly by the attribute, near 0 when they
+    ignore it."""
+    vectors = vectors.double()
+    total = (vectors - vectors.mean(0)).square().sum()
+    within = sum((vectors[idx] - vectors[idx].mean(0)).square().sum()
+                 for idx in (torch.tensor([i for i, lab in enumerate(labels) if lab == g]) for g in set(labels)))
+    return float(1 - within / total) if total > 0 else 0.0
+
+
+def analyze(run: str | Path, scenes: int | None = None, noise: tuple[float, ...] = (0.1, 0.3, 1.0),
+            out: str | Path | None = None, device: str | None = None) -> Path:
+    """Every analysis above on the run's final pipeline; writes ``analysis.json``, ``analysis.md`` and the plots
+    into ``out`` (default ``RUN/analysis``) and returns it."""
+    run = Path(run)
+    if not (run / "pipeline" / "model_index.json").is_file() or not (run / "config.yaml").is_file():
+        raise UserError(f"'{run}' is not a finished run folder (config.yaml and pipeline/); pass the output_dir of "
+                        "a finished `film-diffusion train`.")
+    config = load_experiment(run / "config.yaml")
+    if config.data.name != "shapes":
+        raise UserError("analyze scores with the oracle, which reads the built-in scenes; this run trained on "
+                        f"data.name={config.data.name}.")
+    out = Path(out) if out else run / "analysis"
+    out.mkdir(parents=True, exist_ok=True)
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    pipe = FilmDiffusionPipeline.from_pretrained(run / "pipeline").to(device)
+    pipe.set_progress_bar_config(disable=True)
+    modulated = modulated_methods(pipe.denoiser)
+    eval_scenes = held_out_scenes(config.data.resolution, scenes or config.eval.scenes, config.eval.seed,
+                                  config.data.holdout)
+    drive = CaptionDrive(pipe, eval_scenes)
+    with torch.no_grad():
+        t_emb = pipe.denoiser.t_embedder(torch.tensor([MAP_TIMESTEP], device=device))
+    parameters = {m.name: drive.parameters(m, t_emb) for m in modulated}
+    names = {m.name: m.site_names() for m in modulated}
+    labels = {a: [str(eval_scenes.scene(i)[0][0][a]) for i in range(len(eval_scenes))] for a in ATTRIBUTES}
+
+    scores = {}
+    for name, edit in tqdm(ablations(list(noise)).items(), desc="ablations"):
+        with contextlib.nullcontext() if edit is None else edited_modulation(pipe.denoiser, drive, edit):
+            scores[name] = evaluate_pipeline(pipe, eval_scenes, config.sample.steps, config.sample.guidance_scale,
+                                             seed=config.eval.seed, batch_size=config.eval.batch_size)
+    clustering = {m: [{a: attribute_share(torch.cat(p, dim=1).cpu(), labels[a]) for a in ATTRIBUTES}
+                      for p in params] for m, params in parameters.items()}
+    statistics = {m: [{"gamma_mean": g.mean().item(), "gamma_std": g.std().item(), "beta_mean": b.mean().item(),
+                       "beta_std": b.std().item()} for g, b in params] for m, params in parameters.items()}
+    plots = [plot_histograms(out / "histograms.png", parameters, names),
+             plot_maps(out / "pca_maps.png", parameters, names, labels),
+             plot_ablations(out / "ablations.png", scores, list(noise))]
+    result = {"run": str(run), "scenes": len(eval_scenes), "noise": list(noise), "map_timestep": MAP_TIMESTEP,
+              "sites": names, "ablations": scores, "clustering": clustering, "statistics": statistics,
+              "plots": [p.name for p in plots]}
+    (out / "analysis.json").write_text(json.dumps(result, indent=1) + "\n")
+    (out / "analysis.md").write_text(markdown(result))
+    return out
+
+
+def markdown(result: dict) -> str:
+    """The ablation table and the clustering table of ``analysis.json``."""
+    scores = result["ablations"]
+    metrics = [k for k in ("color", "shape", "size", "position", "all", "color_and_shape", "fid", "clip_score")
+               if k in next(iter(scores.values()))]
+    base = scores["as trained"]
+    lines = [f"# FiLM analysis of {result['run']}", "",
+             f"Made by `film-diffusion analyze`; {result['scenes']} held-out captions, scored by the oracle. Each "
+             "row changes the model's (gamma, beta) at every denoiser call; the last column is the change of "
+             "`all` (or colour+shape) against the model as trained.", "",
+             "| change | " + " | ".join(metrics) + " | change of headline |",
+             "|---|" + "---:|" * (len(metrics) + 1)]
+    headline = "all" if "all" in base else "color_and_shape"
+    for name, found in scores.items():
+        cells = [f"{found[k]:.3f}" if k not in ("fid", "clip_score") else f"{found[k]:.2f}" for k in metrics]
+        lines.append(f"| {name} | " + " | ".join(cells) + f" | {found[headline] - base[headline]:+.3f} |")
+    lines += ["", f"## What the (gamma, beta) vectors cluster by (timestep {result['map_timestep']})", "",
+              "Share of the variance of each site's per-caption (gamma, beta) vector that lies between the groups "
+              "of one attribute (1: the vectors cluster by it; 0: they ignore it).", "",
+              "| method | site | " + " | ".join(ATTRIBUTES) + " |", "|---|---|" + "---:|" * len(ATTRIBUTES)]
+    for method, sites in result["clustering"].items():
+        for name, shares in zip(result["sites"][method], sites, strict=True):
+            lines.append(f"| {method} | {name} | " + " | ".join(f"{shares[a]:.3f}" for a in ATTRIBUTES) + " |")
+    lines += ["", *(f"![{p}]({p})" for p in result["plots"]), ""]
+    return "\n".join(lines)
+
+
+def plot_histograms(path: Path, parameters: dict, names: dict) -> Path:
+    rows = [(m, name, g, b) for m, params in parameters.items() for name, (g, b) in zip(names[m], params,
+                                                                                          strict=True)]
+    fig = Figure(figsize=(9, 1.8 * len(rows)))
+    axes = fig.subplots(len(rows), 2, squeeze=False)
+    for r, (method, name, gamma, beta) in enumerate(rows):
+        for c, (label, values) in enumerate((("gamma", gamma), ("beta", beta))):
+            axes[r][c].hist(values.flatten().float().cpu().numpy(), bins=60, color="C0" if c == 0 else "C1")
+            axes[r][c].set_title(f"{method} {name}: {label}", fontsize=8)
+            axes[r][c].tick_params(labelsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    return path
+
+
+def plot_maps(path: Path, parameters: dict, names: dict, labels: dict[str, list[str]]) -> Path:
+    """First, middle and last site of each method: the per-caption (gamma, beta) vectors' first two principal
+    components, coloured by each attribute the caption names."""
+    chosen = [(m, names[m][i], params[i]) for m, params in parameters.items()
+              for i in sorted({0, len(params) // 2, len(params) - 1})]
+    fig = Figure(figsize=(3.4 * len(ATTRIBUTES), 3 * len(chosen)))
+    axes = fig.subplots(len(chosen), len(ATTRIBUTES), squeeze=False)
+    for r, (method, name, (gamma, beta)) in enumerate(chosen):
+        vectors = torch.cat([gamma, beta], dim=1).double().cpu()
+        centred = vectors - vectors.mean(0)
+        _, _, v = torch.linalg.svd(centred, full_matrices=False)
+        xy = (centred @ v[:2].T).numpy()
+        for c, attribute in enumerate(ATTRIBUTES):
+            ax = axes[r][c]
+            for k, group in enumerate(sorted(set(labels[attribute]))):
+                idx = [i for i, lab in enumerate(labels[attribute]) if lab == group]
+                ax.scatter(xy[idx, 0], xy[idx, 1], s=6, label=group, color=matplotlib.colormaps["tab10"](k % 10))
+            ax.set_title(f"{method} {name} by {attribute}", fontsize=8)
+            ax.legend(fontsize=5, markerscale=1.5)
+            ax.tick_params(labelsize=6)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    return path
+
+
+def plot_ablations(path: Path, scores: dict[str, dict], noise: list[float]) -> Path:
+    """Left: each fixed change's headline score; right: the headline score against the noise added to gamma
+    and to beta."""
+    base = scores["as trained"]
+    headline = "all" if "all" in base else "color_and_shape"
+    fixed = [k for k in scores if "N(0" not in k]
+    fig = Figure(figsize=(11, 3.6))
+    left, right = fig.subplots(1, 2)
+    left.barh(fixed, [scores[k][headline] for k in fixed], color="C0")
+    left.set_xlabel(headline)
+    left.invert_yaxis()
+    for which, color in (("gamma", "C0"), ("beta", "C1")):
+        ys = [base[headline]] + [scores[f"{which} + N(0, {s:g}^2)"][headline] for s in noise]
+        right.plot([0, *noise], ys, marker="o", color=color, label=f"noise on {which}")
+    right.set_xscale("symlog", linthresh=min(noise) if noise else 1)
+    right.set_xlabel("noise standard deviation")
+    right.set_ylabel(headline)
+    right.legend()
+    right.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    return path

@@ -1,0 +1,129 @@
+"""``film-diffusion analyze``: gamma and beta read and changed in the units a site applies; own values change
+nothing, the mean does; a trained model's analysis writes its tables and plots."""
+
+import json
+
+import pytest
+import torch
+from runs import tiny_run
+
+from film_diffusion import Condition, DiT
+from film_diffusion.cli import main
+from film_diffusion.evaluation.analysis import (
+    CaptionDrive,
+    Modulated,
+    attribute_share,
+    edited_modulation,
+    modulated_methods,
+)
+
+
+def tiny_dit(method: str) -> DiT:
+    """Every weight random (none zero-initialised), so gamma and beta differ between captions and reach the output."""
+    torch.manual_seed(0)
+    denoiser = DiT(sample_size=8, patch_size=4, in_channels=3, hidden_size=16, depth=2, num_heads=2,
+                   conditioning=[method], cond_pooled_dim=6, cond_token_dim=5).eval()
+    with torch.no_grad():
+        for p in denoiser.parameters():
+            p.normal_(std=0.3)
+    return denoiser
+
+
+class Drive(CaptionDrive):
+    """Five random pooled captions, embedded as the model embeds them."""
+
+    def __init__(self, denoiser):
+        pooled = torch.randn(5, 6, generator=torch.Generator().manual_seed(1))
+        with torch.no_grad():
+            self.pooled = denoiser.conditioner.pooled_proj(pooled)
+
+
+def call(denoiser):
+    g = torch.Generator().manual_seed(2)
+    condition = Condition(tokens=torch.randn(3, 4, 5, generator=g), pooled=torch.randn(3, 6, generator=g))
+    with torch.no_grad():
+        return denoiser(torch.randn(3, 3, 8, 8, generator=g), torch.tensor([300, 300, 300]), condition).sample
+
+
+@pytest.mark.parametrize("method", ["film", "adaln_zero"])
+def test_own_values_change_nothing_and_the_mean_or_fixed_values_do(method):
+    denoiser = tiny_dit(method)
+    drive = Drive(denoiser)
+    plain = call(denoiser)
+    [modulated] = modulated_methods(denoiser)
+    with edited_modulation(denoiser, drive, lambda site, gamma, beta, mean: (gamma.clone(), beta.clone())):
+        torch.testing.assert_close(call(denoiser), plain, rtol=0, atol=1e-6)
+    seen = []
+    with edited_modulation(denoiser, drive, lambda site, gamma, beta, mean: seen.append(mean) or (gamma, beta)):
+        call(denoiser)
+    t_emb = denoiser.t_embedder(torch.tensor([300]))
+    expected = drive.parameters(modulated, t_emb)
+    assert len(seen) == len(modulated.sites) == len(expected)
+    for mean, (gamma, beta) in zip(seen, expected, strict=True):  # the captions' mean at the call's timestep
+        torch.testing.assert_close(mean, torch.stack([gamma.mean(0), beta.mean(0)]))
+    for edit in (lambda site, gamma, beta, mean: (mean[0].expand_as(gamma), beta),
+                 lambda site, gamma, beta, mean: (torch.ones_like(gamma), beta),
+                 lambda site, gamma, beta, mean: (gamma, torch.zeros_like(beta))):
+        with edited_modulation(denoiser, drive, edit):
+            assert (call(denoiser) - plain).abs().max() > 1e-3
+    torch.testing.assert_close(call(denoiser), plain, rtol=0, atol=0)  # the hooks are gone
+
+
+@pytest.mark.parametrize("method", ["film", "adaln_zero"])
+def test_gamma_and_beta_are_the_scale_and_shift_a_site_applies(method):
+    """Setting gamma to 1 and beta to 0 everywhere equals a model whose generator emits the identity."""
+    denoiser = tiny_dit(method)
+    [modulated] = modulated_methods(denoiser)
+    identity = lambda site, gamma, beta, mean: (torch.ones_like(gamma), torch.zeros_like(beta))  # noqa: E731
+    with edited_modulation(denoiser, Drive(denoiser), identity):
+        edited = call(denoiser)
+    with torch.no_grad():  # the same by the method's own parameters: delta / scale and beta / shift all 0
+        out = modulated.method.generator.out
+        for i in modulated.sites:
+            start = sum(modulated.method.generator.sizes[:i])
+            rows = slice(start, start + modulated.method.generator.sizes[i])
+            out.weight[rows] = 0
+            out.bias[rows] = 0
+            if method == "film" and modulated.method.gamma_offset == 0:
+                out.bias[start:start + modulated.method.generator.sizes[i] // 2] = 1
+    torch.testing.assert_close(call(denoiser), edited, rtol=0, atol=1e-6)
+    assert isinstance(modulated, Modulated)
+
+
+def test_attribute_share_is_one_for_perfect_clusters_and_small_for_none():
+    g = torch.Generator().manual_seed(0)
+    labels = ["a", "b"] * 50
+    clustered = torch.tensor([[0.0, 5.0] if lab == "a" else [5.0, 0.0] for lab in labels])
+    assert attribute_share(clustered, labels) == pytest.approx(1.0)
+    assert attribute_share(torch.randn(100, 4, generator=g), labels) < 0.1
+
+
+def test_analyze_a_trained_film_model(tmp_path):
+    run = tiny_run(tmp_path / "run", "train.max_steps=3", "data.resolution=32", "model.dit.patch_size=8")
+    assert main(["analyze", str(run), "--scenes", "8", "--noise", "0.5"]) == 0
+    out = run / "analysis"
+    result = json.loads((out / "analysis.json").read_text())
+    scores = result["ablations"]
+    assert list(scores) == ["as trained", "own values", "gamma := mean", "beta := mean", "gamma := 1", "beta := 0",
+                            "gamma + N(0, 0.5^2)", "beta + N(0, 0.5^2)"]
+    for key in ("color", "shape", "size", "position", "all"):
+        assert scores["own values"][key] == scores["as trained"][key], key
+    assert scores["own values"]["fid"] == pytest.approx(scores["as trained"]["fid"], rel=1e-4)
+    assert scores["gamma + N(0, 0.5^2)"]["fid"] != scores["as trained"]["fid"]
+    sites = result["sites"]["film"]
+    assert sites == ["blocks.0.attn_norm", "blocks.0.mlp_norm", "blocks.1.attn_norm", "blocks.1.mlp_norm",
+                     "final.norm"]
+    assert len(result["clustering"]["film"]) == len(sites) and all(
+        0 <= share[a] <= 1 + 1e-9 for share in result["clustering"]["film"] for a in share)
+    for name in ("histograms.png", "pca_maps.png", "ablations.png"):
+        assert (out / name).stat().st_size > 0
+    table = (out / "analysis.md").read_text()
+    assert "| gamma := mean |" in table and "| film | blocks.0.attn_norm |" in table
+
+
+def test_analyze_refuses_a_model_without_film_or_adaln(tmp_path, capsys):
+    run = tiny_run(tmp_path / "run", "train.max_steps=1", "model.conditioning=[cross_attention]")
+    assert main(["analyze", str(run)]) == 2
+    assert "analyze needs a model whose condition enters through film or adaln_zero" in capsys.readouterr().err
+    assert main(["analyze", str(tmp_path)]) == 2
+    assert "is not a finished run folder" in capsys.readouterr().err
