@@ -83,7 +83,7 @@ class ConditioningMethod(nn.Module, ABC):
         self.reads_tokens = wiring.use_condition
         if wiring.use_condition and wiring.token_dim is None:
             raise UserError(f"Conditioning method '{self.name}' needs condition tokens: set cond_token_dim "
-                            "(the text encoder's token_dim).")
+                            "(the text encoder's token_dim), or cond_pooled_dim / num_classes for a single token.")
 
     def drive_vector(self, signals: Signals) -> torch.Tensor:
         """The vector this method is driven by: embedded pooled condition and/or timestep, summed.

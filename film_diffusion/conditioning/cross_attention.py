@@ -3,7 +3,9 @@
 Every ``context`` site gets its own query and output projection; the keys and values of all sites
 are projected from the condition tokens in one matrix product per forward pass. Padded tokens are
 masked out, and a sample with no real token gets a zero update. With ``timestep_route="with_condition"``
-the timestep embedding becomes one more key/value token.
+the timestep embedding becomes one more key/value token. A model without condition tokens (class labels)
+attends to its embedded pooled condition as a single token: with the timestep on the same route, the DiT
+paper's cross-attention block, which attends to the length-two sequence of the timestep and class embeddings.
 """
 
 from __future__ import annotations
@@ -28,14 +30,18 @@ class CrossAttention(ConditioningMethod):
 
     def __init__(self, wiring: Wiring, num_heads: int | None = None, zero_init: bool = True):
         super().__init__(wiring)
-        self.require_tokens(wiring)
+        self.pooled_token = wiring.use_condition and wiring.token_dim is None and wiring.has_pooled
+        if self.pooled_token:
+            self.require_pooled(wiring)
+        else:
+            self.require_tokens(wiring)
         self.sites = self.require_sites(wiring.sites_of("context"), "context (attention)")
         self.heads = [num_heads or site.num_heads or 1 for site in self.sites]
         for site, heads in zip(self.sites, self.heads, strict=True):
             if site.channels % heads:
                 raise UserError(f"cross_attention num_heads={heads} does not divide the width {site.channels} of "
                                 f"site '{site.name}'; choose a num_heads that divides every attention width.")
-        token_dim = wiring.token_dim if wiring.use_condition else wiring.embed_dim
+        token_dim = wiring.token_dim if wiring.use_condition and not self.pooled_token else wiring.embed_dim
         self.time_token = nn.Linear(wiring.embed_dim, token_dim) if wiring.use_timestep else None
         self.kv_sizes = [2 * s.channels for s in self.sites]
         self.to_kv = nn.Linear(token_dim, sum(self.kv_sizes), bias=False)  # all sites' keys and values at once
@@ -49,7 +55,10 @@ class CrossAttention(ConditioningMethod):
     def context(self, signals: Signals) -> tuple[torch.Tensor, torch.Tensor | None]:
         """The key/value tokens ``(B, L, D)`` and their mask (None when every token is real)."""
         tokens, mask = [], []
-        if self.use_condition:
+        if self.pooled_token:
+            tokens.append(signals.pooled[:, None])  # (B, 1, E)
+            mask.append(None)
+        elif self.use_condition:
             if signals.tokens is None:
                 raise ValueError("Conditioning method 'cross_attention' needs condition tokens, but the call gave "
                                  "none: pass condition.tokens (a text encoder's output).")

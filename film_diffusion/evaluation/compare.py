@@ -42,6 +42,7 @@ class CompareConfig:
     match: Literal["none", "params", "flops"] = "none"  # size each run's backbone width to a common count
     launcher: list[str] = field(default_factory=list)  # runs each training, e.g. [accelerate, launch]; [] = python
     grid_seed: int = 0  # the initial noise of the side-by-side grid
+    report_dir: Path | None = None  # where results.md, results.json, the plots and the grid go; null: output_dir
 
 
 @dataclass
@@ -228,7 +229,7 @@ def prepare(config: CompareConfig) -> tuple[list[PlannedRun], dict[str, dict]]:
 
 
 def compare(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Path:
-    """Plan, size, train what is unfinished, then write the report; returns the comparison folder."""
+    """Plan, size, train what is unfinished, then write the report; returns the report's folder."""
     config = load_compare(path, overrides)
     runs, sizing = prepare(config)
     out = Path(config.output_dir)
@@ -237,7 +238,9 @@ def compare(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Pa
     source_file.write_text(yaml.safe_dump(experiment_source(config), sort_keys=False))
     (out / "compare.yaml").write_text(yaml.safe_dump(config_to_dict(config), sort_keys=False))
     run_all(runs, source_file, config.launcher)
-    return write_report(out, runs, config, sizing)
+    report = Path(config.report_dir or out)
+    report.mkdir(parents=True, exist_ok=True)
+    return write_report(report, runs, config, sizing)
 
 
 def _yaml_value(value: Any) -> str:

@@ -162,8 +162,9 @@ def markdown(rows: list[dict], groups: list[dict], keys: list[str], config: Comp
     precision = "float32" if train.mixed_precision == "no" else train.mixed_precision
     quality = metric_keys(rows)
     lines = [f"# Comparison: {config.output_dir}", "",
-             f"Made by `film-diffusion compare` from `compare.yaml` in this folder; every figure below is read from "
-             f"the runs' files under `runs/`. Every run: {train.max_steps} steps of batch {train.batch_size}, "
+             f"Made by `film-diffusion compare` (its resolved config is `{config.output_dir}/compare.yaml`); every "
+             f"figure below is read from the runs' files under `{config.output_dir}/runs/`. Every run: "
+             f"{train.max_steps} steps of batch {train.batch_size}, "
              f"{precision} precision, lr {train.lr:g}, data `{first.data.name}` at "
              f"{first.data.resolution} px, scored on {first.eval.scenes} held-out captions with "
              f"{first.sample.steps} sampling steps at guidance {first.sample.guidance_scale:g}. Matrix: "

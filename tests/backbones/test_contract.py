@@ -32,7 +32,7 @@ def test_unknown_method_names_the_choices():
 @pytest.mark.parametrize("backbone", ["dit", "unet"])
 def test_missing_token_dim_names_the_fix(backbone):
     with pytest.raises(UserError, match=r"'cross_attention' needs condition tokens: set cond_token_dim"):
-        tiny_model(backbone, ["cross_attention"], cond_token_dim=None)
+        tiny_model(backbone, ["cross_attention"], cond_token_dim=None, cond_pooled_dim=None)
 
 
 def test_missing_pooled_dim_names_the_fix():

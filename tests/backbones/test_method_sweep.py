@@ -4,6 +4,8 @@ import pytest
 import torch
 from factories import BACKBONES, CASES, METHOD_LISTS, case_id, noisy_batch, randomize_, text_condition, tiny_model
 
+from film_diffusion.conditioning.sites import Signals
+
 
 @pytest.mark.parametrize("case", CASES, ids=case_id)
 def test_forward_backward_and_round_trip(case, tmp_path):
@@ -30,7 +32,7 @@ def test_forward_backward_and_round_trip(case, tmp_path):
 
 
 @pytest.mark.parametrize("backbone", BACKBONES)
-@pytest.mark.parametrize("methods", [["adaln_zero"], ["film"], ["concat"]])
+@pytest.mark.parametrize("methods", [["adaln_zero"], ["film"], ["concat"], ["cross_attention"]])
 def test_class_labels_with_learned_sigma(backbone, methods):
     kwargs = {"learn_sigma": True} if backbone.startswith("dit") else {"out_channels": 8}
     model = randomize_(tiny_model(backbone, methods, num_classes=5, cond_token_dim=None, cond_pooled_dim=None,
@@ -54,3 +56,18 @@ def test_condition_changes_the_prediction_for_every_method(backbone):
             a = model(sample, t, condition=text_condition(seed=0)).sample
             b = model(sample, t, condition=text_condition(seed=1)).sample
         assert not torch.allclose(a, b), methods
+
+
+@pytest.mark.parametrize("backbone", ["dit", "unet"])
+def test_class_label_cross_attention_reads_the_label_and_timestep_as_two_tokens(backbone):
+    """The DiT paper's cross-attention block: keys and values from the (class, timestep) embeddings."""
+    model = tiny_model(backbone, ["cross_attention"], timestep_route="with_condition", num_classes=5,
+                       cond_token_dim=None, cond_pooled_dim=None)
+    method = model.conditioner.methods["cross_attention"]
+    embed_dim = method.time_token.in_features
+    t_emb = torch.randn(2, embed_dim)
+    labels = model.conditioner.label_embedder(torch.tensor([1, 3]))
+    tokens, mask = method.context(Signals(t_emb=t_emb, pooled=labels, tokens=None, mask=None))
+    assert tokens.shape == (2, 2, embed_dim) and mask is None
+    torch.testing.assert_close(tokens[:, 0], labels)
+    torch.testing.assert_close(tokens[:, 1], method.time_token(t_emb))

@@ -5,6 +5,7 @@ import json
 
 import pytest
 import yaml
+from runs import CONFIGS
 
 from film_diffusion.cli import main
 from film_diffusion.encoders.builtin import builtin_clip
@@ -146,3 +147,12 @@ def test_a_bad_matrix_is_one_sentence_before_anything_trains(tmp_path, capsys, m
         compare_module.prepare(compare_module.load_compare(path))
     assert main(["compare", str(path)]) == 2
     assert "Traceback" not in capsys.readouterr().err and not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("study, runs", [("compare_methods", 12), ("dit_paper_blocks", 9),
+                                         ("film_paper_placement", 12)])
+def test_the_shipped_studies_plan_and_build(tmp_path, study, runs):
+    config = compare_module.load_compare(CONFIGS / f"{study}.yaml", [f"output_dir={tmp_path}"])
+    planned, sizing = compare_module.prepare(config)
+    assert len(planned) == runs == len({r.name for r in planned}) and sizing == {}
+    assert all(r.folder.parent == tmp_path / "runs" for r in planned)
