@@ -6,7 +6,7 @@ import torch
 from factories import METHOD_LISTS, noisy_batch, randomize_, text_condition, tiny_model
 
 from film_diffusion import DiT
-from film_diffusion.backbones.token_mixers import FFNifiedMixer
+from film_diffusion.backbones.token_mixers import FFNifiedMixer, RepDepthwiseConv
 from film_diffusion.errors import UserError
 
 
@@ -101,3 +101,48 @@ def test_bad_mixer_options_are_refused_in_one_sentence(kwargs, message):
     with pytest.raises(UserError, match=message):
         DiT(sample_size=8, patch_size=2, in_channels=4, hidden_size=32, depth=1, num_heads=4, num_classes=3,
             conditioning="adaln_zero", **kwargs)
+
+
+def two_branch(conv: RepDepthwiseConv, x: torch.Tensor) -> torch.Tensor:
+    """The plain form: the k x k and the 3x3 convolutions run apart and summed, in autocast's own dtype."""
+    return conv.conv(x) + conv.small(x)
+
+
+@pytest.mark.parametrize("kernel_size", [5, 7])
+def test_the_folded_kernel_trains_as_the_two_branches(kernel_size):
+    conv = randomize_(RepDepthwiseConv(6, kernel_size))
+    x = torch.randn(2, 6, 8, 8, requires_grad=True)
+    grads = []
+    for forward in (conv, lambda x: two_branch(conv, x)):
+        out = forward(x)
+        (out * torch.linspace(-1, 1, out.numel()).view_as(out)).sum().backward()
+        grads.append((out.detach(), x.grad.clone(), *(p.grad.clone() for p in conv.parameters())))
+        x.grad = None
+        conv.zero_grad(set_to_none=True)
+    for fast, plain in zip(*grads, strict=True):
+        torch.testing.assert_close(fast, plain, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_float32_depthwise_under_cpu_autocast_is_at_least_as_close_to_float64(dtype):
+    conv = randomize_(RepDepthwiseConv(16, 7))
+    x = torch.randn(4, 16, 16, 16)
+    reference = two_branch(conv.double(), x.double())
+    conv.float()
+    with torch.autocast("cpu", dtype):
+        fast, plain = conv(x), two_branch(conv, x)
+        again = conv(x)  # repeated use: the same
+    assert fast.dtype == plain.dtype == dtype and torch.equal(fast, again)
+
+    def error(out):
+        return ((out.double() - reference).norm() / reference.norm()).item()
+
+    assert error(fast) <= error(plain) * 1.05 + 1e-7, (error(fast), error(plain))
+    torch.testing.assert_close(fast.float(), plain.float(), rtol=0.02, atol=0.05)
+    with torch.no_grad():  # bf16 weights and inputs without autocast take the same path, and the fused kernel too
+        conv_low = RepDepthwiseConv(16, 7)
+        conv_low.load_state_dict(conv.state_dict())
+        conv_low.to(dtype)
+        low = conv_low(x.to(dtype))
+        conv_low.fuse()
+        assert low.dtype == dtype and torch.equal(conv_low(x.to(dtype)), low)
