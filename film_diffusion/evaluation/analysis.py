@@ -187,6 +187,9 @@ def analyze(run: str | Path, scenes: int | None = None, noise: tuple[float, ...]
     """Every analysis above on the run's final pipeline; writes ``analysis.json``, ``analysis.md`` and the plots
     into ``out`` (default ``RUN/analysis``) and returns it."""
     run = Path(run)
+    if scenes is not None and scenes < 2 or any(sigma <= 0 for sigma in noise):
+        raise UserError(f"analyze needs at least 2 scenes and positive noise levels, got scenes={scenes} and noise "
+                        f"{list(noise)}.")
     if not (run / "pipeline" / "model_index.json").is_file() or not (run / "config.yaml").is_file():
         raise UserError(f"'{run}' is not a finished run folder (config.yaml and pipeline/); pass the output_dir of "
                         "a finished `film-diffusion train`.")

@@ -98,7 +98,12 @@ def experiment_source(config: CompareConfig) -> dict:
     if config.base is not None:
         if not config.base.is_file():
             raise ConfigError(f"Config key 'base' is '{config.base}', which is not a file; name an experiment YAML.")
-        base = yaml.safe_load(config.base.read_text()) or {}
+        try:
+            base = yaml.safe_load(config.base.read_text()) or {}
+        except yaml.YAMLError as err:
+            raise ConfigError(f"Config key 'base': '{config.base}' is not valid YAML ({err}); fix it.") from None
+        if not isinstance(base, dict):
+            raise ConfigError(f"Config key 'base': '{config.base}' must hold a mapping of experiment keys.")
     return _merge(base, config.experiment)
 
 
@@ -201,7 +206,11 @@ def run_all(runs: list[PlannedRun], source_file: Path, launcher: list[str]) -> N
 
 def launch(command: list[str], name: str) -> None:
     """One training, in its own process; a failure stops the comparison (finished runs stay finished)."""
-    code = subprocess.run(command).returncode
+    try:
+        code = subprocess.run(command).returncode
+    except OSError as err:
+        raise UserError(f"Could not start run '{name}' with '{command[0]}' ({err.strerror}); fix the config key "
+                        "'launcher' (or leave it empty for this Python).") from None
     if code:
         raise UserError(f"Run '{name}' failed (exit code {code}; its error is printed above); fix it and run the "
                         "same compare command again: finished runs are kept.")
@@ -212,7 +221,13 @@ def check_same_experiment(run: PlannedRun) -> None:
     saved = run.folder / "config.yaml"
     if not saved.is_file():
         return
-    before, now = flatten(yaml.safe_load(saved.read_text())), flatten(config_to_dict(run.config))
+    try:
+        before = yaml.safe_load(saved.read_text())
+    except yaml.YAMLError:
+        before = None
+    if not isinstance(before, dict):  # torn by a kill before it was whole: no checkpoint can follow it
+        return
+    before, now = flatten(before), flatten(config_to_dict(run.config))
     changed = [k for k in now if before.get(k) != now[k]]
     if changed:
         key = changed[0]

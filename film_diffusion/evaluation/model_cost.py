@@ -91,11 +91,16 @@ def peak_memory_bytes(run_step: Callable[[], None], device: torch.device, tracke
     return tracker.get_tracker_snapshot("peak")[device]["Total"]
 
 
-def training_peak_memory(denoiser: nn.Module, inputs: dict, mixed_precision: str) -> int:
+def training_peak_memory(denoiser: nn.Module, inputs: dict, mixed_precision: str,
+                         gradient_checkpointing: bool = False) -> int:
     """Peak bytes of one AdamW training step of a copy of ``denoiser`` on ``inputs`` (one micro-batch), after a
-    first step has allocated the optimizer state, under the run's autocast."""
+    first step has allocated the optimizer state, under the run's autocast: the copy's weights, gradients,
+    optimizer state and activations (on a GPU, what else was allocated before the copy is left out)."""
+    device = next(denoiser.parameters()).device
+    before = torch.cuda.memory_allocated(device) if device.type == "cuda" else 0
     model = copy.deepcopy(denoiser).train()
-    device = next(model.parameters()).device
+    if gradient_checkpointing:
+        model.enable_gradient_checkpointing()
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(mixed_precision)
 
@@ -107,7 +112,7 @@ def training_peak_memory(denoiser: nn.Module, inputs: dict, mixed_precision: str
         optimizer.zero_grad(set_to_none=True)
 
     step()
-    return peak_memory_bytes(step, device, [model, optimizer])
+    return peak_memory_bytes(step, device, [model, optimizer]) - before
 
 
 def model_size(config: ExperimentConfig, dims: dict, condition: Condition | None, measure: SizeMeasure) -> int:

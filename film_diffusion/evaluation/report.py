@@ -18,6 +18,7 @@ import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
+from film_diffusion.errors import UserError
 from film_diffusion.evaluation.model_cost import example_inputs, forward_flops, parameter_counts, training_peak_memory
 from film_diffusion.evaluation.plots import BACKBONE_KEY, SEED_KEY, plot_curves
 from film_diffusion.grid import labelled_grid
@@ -41,7 +42,9 @@ def measure_run(run: PlannedRun, grid_seed: int) -> dict[str, Any]:
     ``grid_seed``); measured once and kept in the run folder."""
     cached = run.folder / MEASURES
     if cached.is_file():
-        return json.loads(cached.read_text())
+        measures = json.loads(cached.read_text())
+        if measures.get("grid_seed") == grid_seed:
+            return measures
     device = "cuda" if torch.cuda.is_available() else "cpu"
     pipe = FilmDiffusionPipeline.from_pretrained(run.folder / "pipeline").to(device)
     config = run.config
@@ -52,7 +55,9 @@ def measure_run(run: PlannedRun, grid_seed: int) -> dict[str, Any]:
     measures = {**parameter_counts(denoiser), "flops": forward_flops(denoiser, example_inputs(denoiser, condition,
                                                                                                 device=device)),
                 "peak_memory_mb": training_peak_memory(denoiser, example_inputs(denoiser, condition, micro, device),
-                                                       config.train.mixed_precision) / 2**20}
+                                                       config.train.mixed_precision,
+                                                       config.train.gradient_checkpointing) / 2**20,
+                "device": device, "grid_seed": grid_seed}
     pipe.set_progress_bar_config(disable=True)
     inputs = {"prompt": config.sample.captions} if text else {"class_labels": config.sample.class_labels}
     images = pipe(**inputs, num_inference_steps=config.sample.steps, guidance_scale=config.sample.guidance_scale,
@@ -60,7 +65,9 @@ def measure_run(run: PlannedRun, grid_seed: int) -> dict[str, Any]:
     (run.folder / SAMPLES).mkdir(exist_ok=True)
     for i, image in enumerate(images):
         image.save(run.folder / SAMPLES / f"{i:02d}.png")
-    cached.write_text(json.dumps(measures, indent=1) + "\n")
+    partial = cached.with_name(cached.name + ".partial")  # written whole, then renamed: never a torn file
+    partial.write_text(json.dumps(measures, indent=1) + "\n")
+    partial.replace(cached)
     return measures
 
 
@@ -80,9 +87,14 @@ def run_row(run: PlannedRun, measures: dict, sizing: dict | None) -> dict[str, A
     rows = [json.loads(line) for line in (run.folder / "metrics.jsonl").read_text().splitlines() if line]
     losses = [r for r in rows if "loss" in r]
     evals = [r for r in rows if any(k.startswith("eval") for k in r)]
+    if not losses or "train_seconds" not in losses[-1]:
+        raise UserError(f"Run '{run.folder}' logged no training seconds (trained before film-diffusion logged them, "
+                        "or it logged no step); train it again in a new output_dir.")
     last = losses[-1]
     row = {"run": run.name, **{k: value_label(v) for k, v in run.values.items()}, **measures,
            "width": None if sizing is None else sizing["width"],
+           "size_target": None if sizing is None else sizing["target"],
+           "size_reached": None if sizing is None else sizing["size"],
            "images_per_s": run.config.train.batch_size * last["step"] / last["train_seconds"],
            "train_seconds": last["train_seconds"], "steps": last["step"], "final_loss": last["loss"]}
     if evals:
@@ -163,7 +175,8 @@ def markdown(rows: list[dict], groups: list[dict], keys: list[str], config: Comp
     quality = metric_keys(rows)
     lines = [f"# Comparison: {config.output_dir}", "",
              f"Made by `film-diffusion compare` (its resolved config is `{config.output_dir}/compare.yaml`); every "
-             f"figure below is read from the runs' files under `{config.output_dir}/runs/`. Every run: "
+             f"figure below is read from the runs' files under `{config.output_dir}/runs/`. Every run, unless the "
+             f"matrix varies it: "
              f"{train.max_steps} steps of batch {train.batch_size}, "
              f"{precision} precision, lr {train.lr:g}, data `{first.data.name}` at "
              f"{first.data.resolution} px, scored on {first.eval.scenes} held-out captions with "
@@ -171,13 +184,16 @@ def markdown(rows: list[dict], groups: list[dict], keys: list[str], config: Comp
              + "; ".join(f"`{k}` in {len(v)} values" for k, v in config.matrix.items()) + ".", "",
              _sizing_sentence(config) + " Conditioning parameters are those of the conditioning stack (embedders, "
              "generators, cross-attention) but a method that carries the timestep alone; FLOPs are one forward "
-             "pass of the denoiser at batch 1; peak memory is one training step at the run's micro-batch and "
-             "precision.", "", "## Runs", ""]
+             "pass of the denoiser at batch 1; peak memory is one training step at the run's batch per "
+             "accumulation step (one process's share when a launcher runs several: divide by their count) and "
+             "precision, without the EMA copy. A method that is the backbone's own timestep method (adaLN-Zero on "
+             "the DiT, FiLM on the U-Net) carries the timestep too, so its whole generator counts.", "",
+             "## Runs", ""]
     columns = ["run", "width", "params (M)", "conditioning params (M)", "GFLOPs / forward", "img/s",
                "peak MiB (train step)", "final loss", *map(column_title, quality)]
     lines += [_row(columns), _row(["---"] + ["---:"] * (len(columns) - 1))]
     for row in rows:
-        cells = [row["run"], "" if row["width"] is None else str(row["width"]), f"{row['params'] / 1e6:.3f}",
+        cells = [row["run"], _width(row), f"{row['params'] / 1e6:.3f}",
                  f"{row['params_conditioning'] / 1e6:.3f}", f"{row['flops'] / 1e9:.3g}", f"{row['images_per_s']:.1f}",
                  f"{row['peak_memory_mb']:.0f}", f"{row['final_loss']:.4f}",
                  *(_number(row.get(k)) for k in quality)]
@@ -216,6 +232,14 @@ def _sizing_sentence(config: CompareConfig) -> str:
         return "Sizes: each run has the width its config gives (`match: none`); compare parameters and FLOPs below."
     return (f"Sizes: each run's backbone width (column `width`) was chosen to bring its {config.match} closest to "
             "those of the first run of its backbone (`match: " + config.match + "`).")
+
+
+def _width(row: dict) -> str:
+    """The matched width with the size it reached against its target, e.g. ``192 (5.15M of 5.75M)``."""
+    if row["width"] is None:
+        return ""
+    reached, target = row["size_reached"], row["size_target"]
+    return f"{value_label(row['width'])} ({reached / 1e6:.3g}M of {target / 1e6:.3g}M)"
 
 
 def _number(value: Any) -> str:

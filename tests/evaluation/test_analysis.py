@@ -7,7 +7,7 @@ import pytest
 import torch
 from runs import tiny_run
 
-from film_diffusion import Condition, DiT
+from film_diffusion import Condition, DiT, UNet
 from film_diffusion.cli import main
 from film_diffusion.evaluation.analysis import (
     CaptionDrive,
@@ -17,12 +17,20 @@ from film_diffusion.evaluation.analysis import (
     modulated_methods,
 )
 
+METHODS = ["film", {"name": "film", "gamma": "raw"}, "adaln_zero"]
+CASES = [("dit", m) for m in METHODS] + [("unet", "film")]  # the U-Net's FiLM carries the timestep too
 
-def tiny_dit(method: str) -> DiT:
+
+def tiny_dit(method, backbone: str = "dit"):
     """Every weight random (none zero-initialised), so gamma and beta differ between captions and reach the output."""
     torch.manual_seed(0)
-    denoiser = DiT(sample_size=8, patch_size=4, in_channels=3, hidden_size=16, depth=2, num_heads=2,
-                   conditioning=[method], cond_pooled_dim=6, cond_token_dim=5).eval()
+    if backbone == "unet":
+        denoiser = UNet(sample_size=8, in_channels=3, block_out_channels=(8, 16), layers_per_block=1,
+                        attention_levels=(1,), num_heads=2, norm_num_groups=4, conditioning=[method],
+                        cond_pooled_dim=6, cond_token_dim=5).eval()
+    else:
+        denoiser = DiT(sample_size=8, patch_size=4, in_channels=3, hidden_size=16, depth=2, num_heads=2,
+                       conditioning=[method], cond_pooled_dim=6, cond_token_dim=5).eval()
     with torch.no_grad():
         for p in denoiser.parameters():
             p.normal_(std=0.3)
@@ -45,9 +53,9 @@ def call(denoiser):
         return denoiser(torch.randn(3, 3, 8, 8, generator=g), torch.tensor([300, 300, 300]), condition).sample
 
 
-@pytest.mark.parametrize("method", ["film", "adaln_zero"])
-def test_own_values_change_nothing_and_the_mean_or_fixed_values_do(method):
-    denoiser = tiny_dit(method)
+@pytest.mark.parametrize("backbone, method", CASES)
+def test_own_values_change_nothing_and_the_mean_or_fixed_values_do(backbone, method):
+    denoiser = tiny_dit(method, backbone)
     drive = Drive(denoiser)
     plain = call(denoiser)
     [modulated] = modulated_methods(denoiser)
@@ -69,10 +77,10 @@ def test_own_values_change_nothing_and_the_mean_or_fixed_values_do(method):
     torch.testing.assert_close(call(denoiser), plain, rtol=0, atol=0)  # the hooks are gone
 
 
-@pytest.mark.parametrize("method", ["film", "adaln_zero"])
-def test_gamma_and_beta_are_the_scale_and_shift_a_site_applies(method):
+@pytest.mark.parametrize("backbone, method", CASES)
+def test_gamma_and_beta_are_the_scale_and_shift_a_site_applies(backbone, method):
     """Setting gamma to 1 and beta to 0 everywhere equals a model whose generator emits the identity."""
-    denoiser = tiny_dit(method)
+    denoiser = tiny_dit(method, backbone)
     [modulated] = modulated_methods(denoiser)
     identity = lambda site, gamma, beta, mean: (torch.ones_like(gamma), torch.zeros_like(beta))  # noqa: E731
     with edited_modulation(denoiser, Drive(denoiser), identity):
@@ -84,7 +92,7 @@ def test_gamma_and_beta_are_the_scale_and_shift_a_site_applies(method):
             rows = slice(start, start + modulated.method.generator.sizes[i])
             out.weight[rows] = 0
             out.bias[rows] = 0
-            if method == "film" and modulated.method.gamma_offset == 0:
+            if modulated.name == "film" and modulated.method.gamma_offset == 0:  # raw gamma: 1 is a bias of 1
                 out.bias[start:start + modulated.method.generator.sizes[i] // 2] = 1
     torch.testing.assert_close(call(denoiser), edited, rtol=0, atol=1e-6)
     assert isinstance(modulated, Modulated)

@@ -120,6 +120,13 @@ def test_a_small_comparison_writes_everything_resumes_and_never_trains_twice(tmp
     assert len(launched) == 1 and launched[0][-2:] == ["--resume", "latest"] and str(last) in " ".join(launched[0])
     assert json.loads((out / "results.json").read_text())["runs"][3]["flops"] == rows[last.name]["flops"]
 
+    # Another grid seed: nothing trains, every run samples its grid row again from the new noise.
+    before = (first / "compare_samples" / "00.png").read_bytes()
+    launched.clear()
+    assert main(["compare", str(config), "grid_seed=1"]) == 0
+    assert not launched and json.loads((first / "compare_measures.json").read_text())["grid_seed"] == 1
+    assert (first / "compare_samples" / "00.png").read_bytes() != before
+
 
 def test_a_changed_experiment_does_not_reuse_old_runs(tmp_path, monkeypatch):
     monkeypatch.setattr(compare_module, "launch", lambda command, name: None)
@@ -132,6 +139,17 @@ def test_a_changed_experiment_does_not_reuse_old_runs(tmp_path, monkeypatch):
     (run / "config.yaml").write_text(yaml.safe_dump(saved))
     with pytest.raises(UserError, match=r"trained with another config \(train.lr was 0.5, now 0.001\)"):
         compare_module.run_all([planned], config, [])
+
+
+def test_a_run_killed_before_its_first_checkpoint_starts_over(tmp_path, monkeypatch):
+    launched = []
+    monkeypatch.setattr(compare_module, "launch", lambda command, name: launched.append(command))
+    planned = compare_module.plan_runs(compare_module.load_compare(write_config(tmp_path)))[:1]
+    planned[0].folder.mkdir(parents=True)
+    (planned[0].folder / "config.yaml").write_text("seed: 0\nmodel: {backb")  # torn by the kill
+    (planned[0].folder / "metrics.jsonl").write_text('{"step": 1, "loss": 0.5}\n')
+    compare_module.run_all(planned, tmp_path / "experiment.yaml", [])
+    assert len(launched) == 1 and "--resume" not in launched[0] and not planned[0].folder.exists()
 
 
 @pytest.mark.parametrize("matrix, message", [
