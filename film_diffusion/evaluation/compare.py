@@ -27,7 +27,7 @@ from film_diffusion.conditioning import Condition
 from film_diffusion.config import ConfigError, config_to_dict, load_config
 from film_diffusion.errors import UserError
 from film_diffusion.evaluation.model_cost import matched_width, model_size
-from film_diffusion.evaluation.report import value_label, write_report
+from film_diffusion.evaluation.report import value_pairs, write_report
 from film_diffusion.training.build import build_encoder
 from film_diffusion.training.checkpoints import resolve_resume
 from film_diffusion.training.config import ExperimentConfig, load_experiment
@@ -129,7 +129,7 @@ def plan_runs(config: CompareConfig) -> list[PlannedRun]:
 
 def run_name(values: dict[str, Any]) -> str:
     """A folder name from the matrix values: ``conditioning=film+cross_attention_backbone=dit_seed=0``."""
-    return "_".join(f"{key.rsplit('.', 1)[-1]}={value_label(v)}" for key, v in values.items()).replace("/", "-")
+    return "_".join(value_pairs(values)).replace("/", "-")
 
 
 class ModelInputs:

@@ -82,9 +82,19 @@ def value_label(value: Any) -> str:
     return str(value)
 
 
-def run_row(run: PlannedRun, measures: dict, sizing: dict | None) -> dict[str, Any]:
-    """A run's row: its matrix values, size, cost, speed, final loss and final scores, read from its files."""
-    rows = [json.loads(line) for line in (run.folder / "metrics.jsonl").read_text().splitlines() if line]
+def read_metrics(run: PlannedRun) -> list[dict]:
+    """The run's ``metrics.jsonl`` rows."""
+    return [json.loads(line) for line in (run.folder / "metrics.jsonl").read_text().splitlines() if line]
+
+
+def value_pairs(values: dict[str, Any]) -> list[str]:
+    """``name=label`` for each matrix value, by the key's last part: ``conditioning=film+cross_attention``."""
+    return [f"{key.rsplit('.', 1)[-1]}={value_label(v)}" for key, v in values.items()]
+
+
+def run_row(run: PlannedRun, rows: list[dict], measures: dict, sizing: dict | None) -> dict[str, Any]:
+    """A run's row: its matrix values, size, cost, speed, final loss and final scores, from its metrics ``rows``
+    and ``measures``."""
     losses = [r for r in rows if "loss" in r]
     evals = [r for r in rows if any(k.startswith("eval") for k in r)]
     if not losses or "train_seconds" not in losses[-1]:
@@ -126,10 +136,9 @@ def write_report(out: Path, runs: list[PlannedRun], config: CompareConfig, sizin
     """Measure every run (once), then write results.json, results.md, the plots and the grid."""
     keys = list(config.matrix)
     measures = {run.name: measure_run(run, config.grid_seed) for run in tqdm(runs, desc="measuring runs")}
-    rows = [run_row(run, measures[run.name], sizing.get(run.name)) for run in runs]
+    curves = {run.name: read_metrics(run) for run in runs}
+    rows = [run_row(run, curves[run.name], measures[run.name], sizing.get(run.name)) for run in runs]
     groups = group_rows(rows, keys)
-    curves = {run.name: [json.loads(line) for line in (run.folder / "metrics.jsonl").read_text().splitlines()
-                         if line] for run in runs}
     quality = metric_keys(rows)
     plots = plot_curves(out, rows, curves, keys, quality, {k: column_title(k) for k in quality})
     grid = side_by_side_grid(runs)
@@ -146,8 +155,7 @@ def side_by_side_grid(runs: list[PlannedRun]) -> Image.Image:
     """One row per run, one column per caption (or label): the same captions and noise in every row."""
     rows = [[Image.open(path).convert("RGB") for path in sorted((run.folder / SAMPLES).glob("*.png"))]
             for run in runs]
-    labels = [", ".join(f"{k.rsplit('.', 1)[-1]}={value_label(v)}" for k, v in run.values.items()) for run in runs]
-    return labelled_grid(rows, labels)
+    return labelled_grid(rows, [", ".join(value_pairs(run.values)) for run in runs])
 
 
 def metric_keys(rows: list[dict]) -> list[str]:
