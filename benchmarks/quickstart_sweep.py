@@ -33,7 +33,8 @@ SCORES = ("color", "shape", "size", "position", "all", "fid")
 
 # Every key a variant may change is spelled out, so a variant means the same whatever the quickstart's
 # defaults become. "base" is the first tuned guess; each training variant changes what its note says of
-# it; "quickstart" is the shipped config, and the sampling variants score its pipeline otherwise.
+# it; "quickstart" is the shipped config, "v+xattn2500" the one first shipped, and the sampling variants
+# score a finished pipeline otherwise.
 UNTUNED = ["model.dit.patch_size=2", "model.dit.hidden_size=128", "model.dit.depth=4", "model.dit.num_heads=4",
            "objective.prediction=epsilon", "objective.min_snr_gamma=null", "train.mixed_precision=no",
            "train.warmup_steps=50", "train.max_steps=300", "train.lr=0.001", "train.batch_size=32",
@@ -53,8 +54,11 @@ class Variant:
 
 
 VARIANTS: dict[str, Variant] = {
-    "quickstart": Variant("the shipped configs/quickstart.yaml: base with FiLM + cross-attention, 2,500 steps, "
-                          "20 DDIM steps", []),
+    "quickstart": Variant("the shipped configs/quickstart.yaml: flow+xattn with grids every 500 steps, "
+                          "20 sampler steps", []),
+    "v+xattn2500": Variant("the quickstart first shipped: film+xattn with 2,500 steps, 20 DDIM steps",
+                           FAST + ["model.conditioning=[film,cross_attention]", "train.max_steps=2500",
+                                   "train.sample_every=500", "sample.steps=20"]),
     "untuned": Variant("the first quickstart: width 128, depth 4, patch 2, epsilon, fp32, 300 steps", UNTUNED),
     "base": Variant("patch 4, width 192, depth 6, v + min-SNR 5, bf16, 2,000 steps, guidance 2", FAST),
     "steps3000": Variant("base with 3,000 steps", FAST + ["train.max_steps=3000"]),
@@ -80,17 +84,22 @@ VARIANTS: dict[str, Variant] = {
     "fp32": Variant("base in float32, 1,400 steps", FAST + ["train.mixed_precision=no", "train.max_steps=1400"]),
     "width256": Variant("base with width 256, depth 8", FAST + ["model.dit.hidden_size=256", "model.dit.depth=8",
                                                                 "model.dit.num_heads=8"]),
-    "ddim50": Variant("the quickstart sampled with 50 DDIM steps (as first shipped)", ["sample.steps=50"],
-                      sampling="quickstart"),
-    "guidance1": Variant("the quickstart sampled without guidance, 50 DDIM steps",
-                         ["sample.guidance_scale=1", "sample.steps=50"], sampling="quickstart"),
-    "guidance1.5": Variant("the quickstart sampled with guidance 1.5, 50 DDIM steps",
-                           ["sample.guidance_scale=1.5", "sample.steps=50"], sampling="quickstart"),
-    "guidance3": Variant("the quickstart sampled with guidance 3, 50 DDIM steps",
-                         ["sample.guidance_scale=3", "sample.steps=50"], sampling="quickstart"),
-    "ddim20": Variant("the quickstart sampled with 20 DDIM steps", ["sample.steps=20"], sampling="quickstart"),
-    "dpm++20": Variant("the quickstart sampled with 20 DPM++ steps", ["sample.steps=20", "sample.scheduler=dpm++"],
-                       sampling="quickstart"),
+    "ddim50": Variant("v+xattn2500 sampled with 50 DDIM steps (as first shipped)", ["sample.steps=50"],
+                      sampling="v+xattn2500"),
+    "guidance1": Variant("v+xattn2500 sampled without guidance, 50 DDIM steps",
+                         ["sample.guidance_scale=1", "sample.steps=50"], sampling="v+xattn2500"),
+    "guidance1.5": Variant("v+xattn2500 sampled with guidance 1.5, 50 DDIM steps",
+                           ["sample.guidance_scale=1.5", "sample.steps=50"], sampling="v+xattn2500"),
+    "guidance3": Variant("v+xattn2500 sampled with guidance 3, 50 DDIM steps",
+                         ["sample.guidance_scale=3", "sample.steps=50"], sampling="v+xattn2500"),
+    "ddim20": Variant("v+xattn2500 sampled with 20 DDIM steps", ["sample.steps=20"], sampling="v+xattn2500"),
+    "dpm++20": Variant("v+xattn2500 sampled with 20 DPM++ steps", ["sample.steps=20", "sample.scheduler=dpm++"],
+                       sampling="v+xattn2500"),
+    "flow50": Variant("the quickstart sampled with 50 flow Euler steps", ["sample.steps=50"], sampling="quickstart"),
+    "flow-guidance1.5": Variant("the quickstart sampled with guidance 1.5", ["sample.guidance_scale=1.5"],
+                                sampling="quickstart"),
+    "flow-guidance3": Variant("the quickstart sampled with guidance 3", ["sample.guidance_scale=3"],
+                              sampling="quickstart"),
 }
 
 

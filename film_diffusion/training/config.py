@@ -130,7 +130,7 @@ class TrainConfig:
 @dataclass
 class SampleConfig:
     scheduler: str | None = None  # the pipeline's scheduler by name; None: ddim, or flow_euler for flow
-    steps: int = 20  # 20 DDIM steps scored better than 50 on the quickstart (benchmarks/quickstart_sweep.py)
+    steps: int = 20  # 20 steps scored as well as 50 on the quickstart (benchmarks/quickstart_sweep.py)
     guidance_scale: float = 2.0
     captions: list[str] = field(default_factory=lambda: [
         "a big red circle at the top left", "a small blue square in the centre", "a big green star at the bottom right",
