@@ -7,7 +7,7 @@ import argparse
 import sys
 from collections.abc import Callable
 
-from film_diffusion.errors import UserError
+from film_diffusion.errors import DISK_FULL, UserError
 
 
 def _smoke(args: argparse.Namespace) -> None:
@@ -186,6 +186,13 @@ def main(argv: list[str] | None = None) -> int:
         args.run(args)
     except UserError as err:
         print(f"film-diffusion {args.command}: error: {err}", file=sys.stderr)
+        return 2
+    except OSError as err:
+        if err.errno not in DISK_FULL:
+            raise
+        print(f"film-diffusion {args.command}: error: The disk is full ({err.strerror}: '{err.filename}'); free "
+              "some space and run the command again (a training run continues with --resume latest).",
+              file=sys.stderr)
         return 2
     return 0
 

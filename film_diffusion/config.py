@@ -38,15 +38,31 @@ def load_config(source: str | Path | dict | None, cls: type[T], overrides: list[
         path = Path(source)
         if not path.is_file():
             raise ConfigError(f"Config file '{path}' does not exist; pass the path of a YAML file.")
-        try:
-            raw = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as err:
-            raise ConfigError(f"Config file '{path}' is not valid YAML ({err}); fix the syntax.") from None
-        if not isinstance(raw, dict):
-            raise ConfigError(f"Config file '{path}' must hold a mapping of keys to values at the top level.")
+        raw = read_yaml_mapping(path, f"Config file '{path}'")
     for override in overrides:
         _apply_override(raw, override)
     return _build(cls, raw, prefix="")
+
+
+def read_yaml_mapping(path: Path, name: str) -> dict:
+    """The mapping a YAML file holds (empty for an empty file); anything else is one sentence beginning with
+    ``name``, with the line and column of a syntax error."""
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"{name} is not UTF-8 text (byte {err.start}); save it as UTF-8.") from None
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{name} is not valid YAML ({yaml_problem(err)}); fix the syntax.") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{name} must hold a mapping of keys to values at the top level.")
+    return raw
+
+
+def yaml_problem(err: yaml.YAMLError) -> str:
+    """A YAML error on one line: what is wrong and where (PyYAML's own message spans several lines)."""
+    mark = getattr(err, "problem_mark", None)
+    where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+    return f"{getattr(err, 'problem', None) or type(err).__name__}{where}"
 
 
 def config_to_dict(config: Any) -> dict:
@@ -72,12 +88,17 @@ def _apply_override(raw: dict, override: str) -> None:
         node = node.setdefault(part, {})
         if not isinstance(node, dict):
             raise ConfigError(f"Override '{override}': '{part}' is not a section, so it has no sub-keys.")
-    node[parts[-1]] = yaml.safe_load(value) if value.strip() else None
+    try:
+        node[parts[-1]] = yaml.safe_load(value) if value.strip() else None
+    except yaml.YAMLError as err:
+        raise ConfigError(f"Override '{override}': the value is not valid YAML ({yaml_problem(err)}); quote it or "
+                          "fix it (lists look like [a,b]).") from None
 
 
 def _build(cls: type, raw: Any, prefix: str) -> Any:
     if not isinstance(raw, dict):
-        raise ConfigError(f"Config key '{prefix or '<top>'}' must be a mapping of keys to values, got {raw!r}.")
+        raise ConfigError(f"Config key '{prefix.rstrip('.') or '<top>'}' must be a mapping of keys to values, got "
+                          f"{raw!r}.")
     hints = typing.get_type_hints(cls)
     known = {f.name: f for f in dataclasses.fields(cls) if f.init}
     unknown = sorted(set(raw) - set(known))

@@ -13,9 +13,9 @@ import argparse
 import logging
 import math
 import os
-import pickle
 from collections.abc import Mapping
 from pathlib import Path
+from pickle import UnpicklingError
 from typing import Any
 
 import torch
@@ -161,7 +161,7 @@ def _read(path: str | os.PathLike) -> Any:
     try:
         with torch.serialization.safe_globals([argparse.Namespace]):  # training checkpoints hold their args
             return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as err:
+    except UnpicklingError as err:  # weights_only refused an object that is not a tensor or a plain value
         raise UserError(f"{str(path)!r} is not a plain state dict ({str(err).splitlines()[-1]}); save the "
                         "model's state_dict() with torch.save or as safetensors.") from None
 

@@ -10,11 +10,13 @@ from PIL import Image, ImageDraw, ImageFont
 LABEL_WIDTH = 220  # pixels of caption text to the left of each row
 FONT_SIZE = 12
 PAD = 4
+MAX_LABEL_LINES = 6  # a longer caption is cut there, with an ellipsis: the grid stays a grid
 
 
 def labelled_grid(rows: Sequence[Sequence[Image.Image]], labels: Sequence[str], min_cell: int = 96) -> Image.Image:
-    """Each row's images beside its label, wrapped to the label column. Images smaller than ``min_cell``
-    pixels are enlarged by nearest neighbour, so small samples stay sharp; larger ones keep their size.
+    """Each row's images beside its label, wrapped to the label column (at most ``MAX_LABEL_LINES``). Images
+    smaller than ``min_cell`` pixels are enlarged by nearest neighbour, so small samples stay sharp; larger ones
+    keep their size.
     Deterministic: the same images and labels give the same pixels."""
     if len(rows) != len(labels):
         raise ValueError(f"labelled_grid got {len(rows)} rows and {len(labels)} labels; pass one label per row.")
@@ -22,7 +24,8 @@ def labelled_grid(rows: Sequence[Sequence[Image.Image]], labels: Sequence[str], 
     font = ImageFont.load_default(size=FONT_SIZE)
     columns = max(len(row) for row in rows)
     line_height = FONT_SIZE + 3
-    wrapped = [textwrap.wrap(label, width=LABEL_WIDTH // (FONT_SIZE // 2 + 1)) or [""] for label in labels]
+    wrapped = [textwrap.wrap(label, width=LABEL_WIDTH // (FONT_SIZE // 2 + 1), max_lines=MAX_LABEL_LINES) or [""]
+               for label in labels]
     row_height = max(cell, *(len(lines) * line_height for lines in wrapped)) + PAD
     grid = Image.new("RGB", (LABEL_WIDTH + columns * (cell + PAD) + PAD, len(rows) * row_height + PAD), "white")
     draw = ImageDraw.Draw(grid)

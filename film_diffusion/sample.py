@@ -5,14 +5,16 @@ from __future__ import annotations
 
 import json
 import re
+import unicodedata
 from collections.abc import Sequence
 from pathlib import Path
 
 import torch
 from diffusers.utils import logging as diffusers_logging
 
-from film_diffusion.errors import UserError
+from film_diffusion.errors import UserError, first_line
 from film_diffusion.grid import labelled_grid
+from film_diffusion.integrity import verify
 from film_diffusion.pipelines import FilmDiffusionPipeline
 
 
@@ -44,6 +46,7 @@ def load_pipeline(path: str | Path) -> FilmDiffusionPipeline:
         if isinstance(value, list) and value[0] is not None and not (folder / name).is_dir():
             raise UserError(f"'{folder}' is incomplete: model_index.json lists '{name}' but there is no {name}/ "
                             "folder; save the pipeline again or copy the whole folder.")
+    verify(folder)  # a folder the trainer wrote lists its files' checksums: a damaged copy is named, not sampled
     bar_was_on = diffusers_logging.is_progress_bar_enabled()
     diffusers_logging.disable_progress_bar()  # loading takes a moment; an error should be the only line printed
     try:
@@ -51,8 +54,7 @@ def load_pipeline(path: str | Path) -> FilmDiffusionPipeline:
     except UserError:
         raise
     except (OSError, ValueError, KeyError, RuntimeError) as err:
-        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise UserError(f"Could not load the pipeline in '{folder}' ({reason}); save it again or check that "
+        raise UserError(f"Could not load the pipeline in '{folder}' ({first_line(err)}); save it again or check that "
                         "every component folder is complete.") from None
     finally:
         if bar_was_on:
@@ -60,9 +62,10 @@ def load_pipeline(path: str | Path) -> FilmDiffusionPipeline:
 
 
 def read_prompts(prompts: Sequence[str], prompts_file: str | Path | None) -> list[str]:
-    """Prompts from the command line, then one per non-blank line of the file; an empty one is refused
-    (the empty caption is the unconditional input, not a prompt)."""
-    captions = list(prompts)
+    """Prompts from the command line, then one per non-blank line of the file, with control characters (a
+    terminal's escape codes, NULs) read as spaces; an empty one is refused (the empty caption is the
+    unconditional input, not a prompt). A long prompt is kept: the text encoder reads its first tokens."""
+    captions = [without_control_characters(p) for p in prompts]
     if prompts_file is not None:
         path = Path(prompts_file)
         if not path.is_file():
@@ -71,12 +74,18 @@ def read_prompts(prompts: Sequence[str], prompts_file: str | Path | None) -> lis
             text = path.read_text(encoding="utf-8")
         except UnicodeDecodeError as err:
             raise UserError(f"Prompts file '{path}' is not UTF-8 text (byte {err.start}); save it as UTF-8.") from None
-        captions += [line.strip() for line in text.splitlines() if line.strip()]
+        lines = (without_control_characters(line) for line in text.splitlines())
+        captions += [line for line in lines if line]
     for i, caption in enumerate(captions):
         if not caption.strip():
             raise UserError(f"Prompt {i + 1} is empty; give every prompt some text (guidance already uses the "
                             "model's null condition as the unconditional input).")
     return captions
+
+
+def without_control_characters(text: str) -> str:
+    """Control characters as spaces, runs of white space as one: a prompt as one printable line."""
+    return " ".join("".join(" " if unicodedata.category(c) == "Cc" else c for c in text).split())
 
 
 def run_sample(path: str | Path, prompts: Sequence[str] = (), prompts_file: str | Path | None = None,
@@ -119,9 +128,9 @@ def run_sample(path: str | Path, prompts: Sequence[str] = (), prompts_file: str 
     for r, row in enumerate(rows):
         for c, image in enumerate(row):
             image.save(image_folder / f"{r:03d}_{c:02d}{out.suffix}")
-    lines = [f"{r:03d} {_one_line(label)}\n" for r, label in enumerate(labels)]
+    lines = [f"{r:03d} {label}\n" for r, label in enumerate(labels)]  # prompts hold no control characters
     (image_folder / "captions.txt").write_text("".join(lines))
-    labelled_grid(rows, [_one_line(label) for label in labels]).save(out)
+    labelled_grid(rows, labels).save(out)
     return out
 
 
@@ -156,7 +165,3 @@ def _row_labels(captions: list[str], class_labels: Sequence[int]) -> list[str]:
         return [f"{caption} (class {k})" for caption, k in zip(captions, class_labels, strict=True)]
     return captions or [f"class {k}" for k in class_labels]
 
-
-def _one_line(text: str) -> str:
-    """A caption as one printable line (control characters shown as spaces)."""
-    return re.sub(r"[\x00-\x1f\x7f]", " ", text)

@@ -4,7 +4,8 @@ images anywhere under ``root`` and a ``metadata.jsonl`` whose rows give ``file_n
 ground truth.
 
 Every image is decoded once when the dataset is built: a broken file is then skipped with a warning
-naming it (and a count at the end) instead of stopping a training run hours later.
+naming it (and a count at the end) instead of stopping a training run hours later. Every mode PIL reads
+(CMYK, 16-bit, palette, transparency, animation) is converted to RGB as a viewer would show it.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import json
 import logging
 from pathlib import Path
 
+import numpy as np
 import torch
 from PIL import Image
 from torch.utils.data import Dataset
@@ -67,8 +69,23 @@ class ImageFolderDataset(Dataset):
     def __getitem__(self, index: int) -> dict:
         path, text = self.samples[index]
         with Image.open(path) as image:
-            pixels: torch.Tensor = self.transform(image.convert("RGB"))
+            pixels: torch.Tensor = self.transform(to_rgb(image))
         return {"image": pixels, "caption": text}
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """Any mode PIL reads, as 8-bit RGB: 16- and 32-bit grey scaled to 8 bits (PIL would clip them to white),
+    transparency composited over white (PIL would drop it and show what lies under it), the rest converted.
+    An animated file gives its first frame."""
+    if image.mode in ("I", "I;16", "I;16L", "I;16B", "I;16N", "F"):
+        wide = np.asarray(image, dtype=np.float64)
+        top = 65535.0 if image.mode != "F" and wide.max() <= 65535 else max(float(wide.max()), 1.0)
+        return Image.fromarray(np.clip(wide / top * 255.0 + 0.5, 0, 255).astype(np.uint8)).convert("RGB")
+    if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
+        rgba = image.convert("RGBA")
+        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(white, rgba).convert("RGB")
+    return image.convert("RGB")
 
 
 def _read_metadata(root: Path) -> list[tuple[Path, str]]:

@@ -33,7 +33,10 @@ class EmbeddingCache:
 
     Captions found in ``file`` (from :func:`save_embeddings`) or seen earlier in the run are served
     from memory; the rest are encoded together, ``batch_size`` at a time, and remembered, so each
-    distinct caption is encoded once per run. ``capacity`` bounds the memo for datasets too large to
+    distinct caption is encoded once per run. Every such batch is padded to ``batch_size`` rows with the
+    empty caption: a CPU matmul rounds differently for another number of rows, so this keeps a caption's
+    embedding the same bits whichever captions arrive with it, and a resumed run sees what an
+    uninterrupted one saw. ``capacity`` bounds the memo for datasets too large to
     hold (it then keeps the most recently used captions and warns at the first one it drops, since a
     shuffled loader will encode that caption again); pre-encode those with :func:`save_embeddings`.
     A caption costs ``max_length x token_dim`` floats (10 KB for the built-in CLIP, 240 KB for CLIP-L).
@@ -45,7 +48,7 @@ class EmbeddingCache:
         encoder: TextEncoder,
         file: str | Path | None = None,
         capacity: int | None = None,
-        batch_size: int = 256,
+        batch_size: int = 16,
     ) -> None:
         _require_frozen(encoder)
         self.encoder = encoder
@@ -70,7 +73,8 @@ class EmbeddingCache:
         missing = [caption for caption in dict.fromkeys(captions) if caption not in found]
         for start in range(0, len(missing), self.batch_size):
             chunk = missing[start : start + self.batch_size]
-            for caption, row in zip(chunk, _rows(self.encoder.encode(chunk)), strict=True):
+            padded = chunk + [""] * (self.batch_size - len(chunk))  # a fixed shape: the same bits for a caption
+            for caption, row in zip(chunk, _rows(self.encoder.encode(padded))[: len(chunk)], strict=True):
                 found[caption] = self._memo[caption] = row
         if self.capacity is not None and len(self._memo) > self.capacity:
             if not self._warned_full:

@@ -36,6 +36,7 @@ from film_diffusion.data.shapes import ShapesDataset, scene_class
 from film_diffusion.errors import UserError
 from film_diffusion.evaluation.quality import evaluate_pipeline, held_out_scenes
 from film_diffusion.pipelines import FilmDiffusionPipeline
+from film_diffusion.sample import load_pipeline
 from film_diffusion.training.config import load_experiment
 
 MAP_TIMESTEP = 500
@@ -200,7 +201,7 @@ def analyze(run: str | Path, scenes: int | None = None, noise: tuple[float, ...]
     out = Path(out) if out else run / "analysis"
     out.mkdir(parents=True, exist_ok=True)
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    pipe = FilmDiffusionPipeline.from_pretrained(run / "pipeline").to(device)
+    pipe = load_pipeline(run / "pipeline").to(device)  # checked: a damaged folder is one sentence
     pipe.set_progress_bar_config(disable=True)
     modulated = modulated_methods(pipe.denoiser)
     eval_scenes = held_out_scenes(config.data.resolution, scenes or config.eval.scenes, config.eval.seed,

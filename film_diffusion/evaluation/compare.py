@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import copy
 import itertools
-import shutil
 import subprocess
 import sys
 from dataclasses import dataclass, field
@@ -24,12 +23,11 @@ from typing import Any, Literal
 import yaml
 
 from film_diffusion.conditioning import Condition
-from film_diffusion.config import ConfigError, config_to_dict, load_config
+from film_diffusion.config import ConfigError, config_to_dict, load_config, read_yaml_mapping
 from film_diffusion.errors import UserError
 from film_diffusion.evaluation.model_cost import matched_width, model_size
 from film_diffusion.evaluation.report import value_pairs, write_report
 from film_diffusion.training.build import build_encoder
-from film_diffusion.training.checkpoints import resolve_resume
 from film_diffusion.training.config import ExperimentConfig, load_experiment
 
 
@@ -98,12 +96,7 @@ def experiment_source(config: CompareConfig) -> dict:
     if config.base is not None:
         if not config.base.is_file():
             raise ConfigError(f"Config key 'base' is '{config.base}', which is not a file; name an experiment YAML.")
-        try:
-            base = yaml.safe_load(config.base.read_text()) or {}
-        except yaml.YAMLError as err:
-            raise ConfigError(f"Config key 'base': '{config.base}' is not valid YAML ({err}); fix it.") from None
-        if not isinstance(base, dict):
-            raise ConfigError(f"Config key 'base': '{config.base}' must hold a mapping of experiment keys.")
+        base = read_yaml_mapping(config.base, f"Config key 'base': '{config.base}'")
     return _merge(base, config.experiment)
 
 
@@ -194,10 +187,7 @@ def run_all(runs: list[PlannedRun], source_file: Path, launcher: list[str]) -> N
         if run.finished:
             print(f"[{i}/{len(runs)}] {run.name}: finished, not trained again")
             continue
-        resume = run.folder.exists() and resolve_resume(run.folder, "latest") is not None
-        if run.folder.exists() and not resume:
-            print(f"[{i}/{len(runs)}] {run.name}: stopped before its first checkpoint; starting it over")
-            shutil.rmtree(run.folder)
+        resume = run.folder.exists()  # the trainer restarts a run stopped before its first checkpoint
         print(f"[{i}/{len(runs)}] {run.name}: {'resuming' if resume else 'training'}", flush=True)
         command = [*(launcher or [sys.executable]), "-m", "film_diffusion.cli", "train", str(source_file),
                    *run.overrides, f"output_dir={run.folder}", *(["--resume", "latest"] if resume else [])]

@@ -22,7 +22,7 @@ from film_diffusion.errors import UserError
 from film_diffusion.evaluation.model_cost import example_inputs, forward_flops, parameter_counts, training_peak_memory
 from film_diffusion.evaluation.plots import BACKBONE_KEY, SEED_KEY, plot_curves
 from film_diffusion.grid import labelled_grid
-from film_diffusion.pipelines import FilmDiffusionPipeline
+from film_diffusion.sample import load_pipeline
 
 if TYPE_CHECKING:
     from film_diffusion.evaluation.compare import CompareConfig, PlannedRun
@@ -46,7 +46,7 @@ def measure_run(run: PlannedRun, grid_seed: int) -> dict[str, Any]:
         if measures.get("grid_seed") == grid_seed:
             return measures
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    pipe = FilmDiffusionPipeline.from_pretrained(run.folder / "pipeline").to(device)
+    pipe = load_pipeline(run.folder / "pipeline").to(device)  # checked: a damaged folder is one sentence
     config = run.config
     text = pipe.text_encoder is not None
     condition = pipe.text_encoder.encode(config.sample.captions[:1]) if text else None

@@ -3,7 +3,9 @@
 A checkpoint is Accelerate's ``save_state`` (model weights as safetensors, optimizer, RNG states) plus the
 run's own state, written here without pickle: every tensor (the EMA weights, the generator state) in
 ``run_state.safetensors`` and every other value (step, log window, lr schedule, EMA counters) in
-``run_state.json``. The same state is on every process, so the main process writes it.
+``run_state.json``. The same state is on every process, so the main process writes it, and last a manifest
+of every file's checksum (:mod:`film_diffusion.integrity`), so that a damaged checkpoint is found before it is
+loaded and ``--resume latest`` falls back to the newest intact one.
 """
 
 from __future__ import annotations
@@ -18,13 +20,18 @@ from typing import Any
 
 import torch
 from accelerate import Accelerator
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from film_diffusion.errors import UserError
+from film_diffusion.errors import DISK_FULL, UserError, first_line
+from film_diffusion.integrity import verify, write_manifest
 
 CHECKPOINTS = "checkpoints"
 COMPLETE = re.compile(r"checkpoint-(\d+)")
 PARTIAL_SUFFIX = ".partial"
+OLD_SUFFIX = ".old"
+DELETING_SUFFIX = ".deleting"
+DISK_FULL_WORDS = [f"os error {code}" for code in sorted(DISK_FULL)] + [os.strerror(code) for code in sorted(DISK_FULL)]
 STATE_TENSORS = "run_state.safetensors"
 STATE_VALUES = "run_state.json"
 
@@ -44,25 +51,65 @@ def checkpoint_dirs(run: Path) -> list[Path]:
 def save_checkpoint(accelerator: Accelerator, run: Path, step: int, keep: int | None,
                     state: Mapping[str, Stateful]) -> Path:
     """Save under ``checkpoint-STEP.partial``, rename to ``checkpoint-STEP`` once every process has
-    written, then drop the oldest complete ones beyond ``keep``. ``state`` names the run's own objects."""
+    written and the manifest is complete, then drop the oldest complete ones beyond ``keep``. ``state``
+    names the run's own objects. A full disk removes the partial folder and says so; older checkpoints stay."""
     final = run / CHECKPOINTS / f"checkpoint-{step}"
     partial = final.with_name(final.name + PARTIAL_SUFFIX)
-    if accelerator.is_local_main_process:  # each node's (a multi-node run needs a shared file system)
-        if partial.exists():
-            shutil.rmtree(partial)
-        partial.mkdir(parents=True)  # before any process writes its RNG state into it
-    accelerator.wait_for_everyone()
-    accelerator.save_state(str(partial), safe_serialization=True)
+    try:
+        if accelerator.is_local_main_process:  # each node's (a multi-node run needs a shared file system)
+            if partial.exists():
+                shutil.rmtree(partial)
+            partial.mkdir(parents=True)  # before any process writes its RNG state into it
+        accelerator.wait_for_everyone()
+        accelerator.save_state(str(partial), safe_serialization=True)
+        if accelerator.is_main_process:
+            save_run_state(partial, state)
+        accelerator.wait_for_everyone()
+        if accelerator.is_main_process:
+            write_manifest(partial)
+            publish(partial, final)
+    except (OSError, RuntimeError, SafetensorError) as err:  # torch.save and safetensors wrap the OS's error
+        shutil.rmtree(partial, ignore_errors=True)
+        intact = checkpoint_dirs(run)
+        kept = f"the newest intact checkpoint, '{intact[-1]}', is untouched" if intact else "no earlier checkpoint"
+        if _disk_full(err):
+            raise UserError(f"The disk is full: writing checkpoint '{final}' failed ({first_line(err)}) and was "
+                            f"removed; {kept}. Free some space, then continue with --resume latest.") from None
+        raise UserError(f"Writing checkpoint '{final}' failed ({first_line(err)}) and was removed; {kept}. Check the "
+                        "disk (free space, quota, file-size limit), then continue with --resume latest.") from None
     if accelerator.is_main_process:
-        save_run_state(partial, state)
-    accelerator.wait_for_everyone()
-    if accelerator.is_main_process:
-        publish(partial, final)
         complete = checkpoint_dirs(run)
         for old in complete[: max(0, len(complete) - keep)] if keep else []:
-            shutil.rmtree(old)
+            remove_folder(old)
     accelerator.wait_for_everyone()
     return final
+
+
+def _disk_full(err: BaseException) -> bool:
+    """Whether a failed write ran out of room: the OS's error, or its words inside safetensors' own error."""
+    return getattr(err, "errno", None) in DISK_FULL or any(words in str(err) for words in DISK_FULL_WORDS)
+
+
+def remove_folder(folder: Path) -> None:
+    """Rename first, then delete: a kill mid-way leaves a ``.deleting`` folder, never a half-deleted one under
+    a checkpoint's name."""
+    doomed = folder.with_name(folder.name + DELETING_SUFFIX)
+    os.replace(folder, doomed)
+    shutil.rmtree(doomed)
+
+
+def clean_leftovers(folder: Path) -> list[Path]:
+    """Remove what a kill can leave in ``folder`` (``.partial`` writes, ``.deleting`` removals, ``.old`` copies
+    that were being replaced) and return what was removed. An ``.old`` folder whose final name is missing (a kill
+    between the two renames of :func:`publish`) is the only complete copy: it gets its name back."""
+    removed = []
+    for path in sorted(folder.glob("*")) if folder.is_dir() else []:
+        if path.name.endswith(OLD_SUFFIX) and not path.with_name(path.name.removesuffix(OLD_SUFFIX)).exists():
+            os.replace(path, path.with_name(path.name.removesuffix(OLD_SUFFIX)))
+        elif path.name.endswith((PARTIAL_SUFFIX, OLD_SUFFIX, DELETING_SUFFIX)):
+            shutil.rmtree(path) if path.is_dir() else path.unlink()
+            removed.append(path)
+    return removed
 
 
 def save_run_state(folder: Path, state: Mapping[str, Stateful]) -> None:
@@ -117,7 +164,7 @@ def publish(partial: Path, final: Path) -> None:
     """Give a completely written folder its final name. A folder already there (the same step saved by a
     run that was resumed and stopped again) is first moved aside, so that a kill at any moment leaves a
     complete folder under the final name or none."""
-    old = final.with_name(final.name + ".old")
+    old = final.with_name(final.name + OLD_SUFFIX)
     if old.exists():
         shutil.rmtree(old)
     if final.exists():
@@ -127,18 +174,30 @@ def publish(partial: Path, final: Path) -> None:
         shutil.rmtree(old)
 
 
-def resolve_resume(run: Path, resume: str | None) -> Path | None:
-    """``latest``: the newest complete checkpoint of the run (None if there is none yet); a path: that one."""
+def resolve_resume(run: Path, resume: str | None) -> tuple[Path | None, list[str]]:
+    """``latest``: the newest intact checkpoint of the run (None if there is none yet) and a sentence for each
+    newer one that is damaged and passed over; a path: that checkpoint, which must be intact."""
     if resume is None:
-        return None
+        return None, []
     if resume == "latest":
         complete = checkpoint_dirs(run)
-        return complete[-1] if complete else None
+        skipped = []
+        for path in reversed(complete):
+            try:
+                verify(path)
+                return path, skipped
+            except UserError as err:
+                skipped.append(str(err))
+        if complete:
+            raise UserError(f"No checkpoint of '{run}' is intact ({len(complete)} damaged; the newest: {skipped[0]}); "
+                            "restore one from a copy, or train into a new output_dir.")
+        return None, []
     path = Path(resume)
     if not COMPLETE.fullmatch(path.name) or not path.is_dir():
         raise UserError(f"--resume '{resume}' is not a complete checkpoint folder (checkpoint-STEP); pass 'latest' "
                         "or one of the run's checkpoints/checkpoint-STEP folders.")
-    return path
+    verify(path)
+    return path, []
 
 
 def checkpoint_step(path: Path) -> int:

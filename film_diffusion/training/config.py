@@ -114,6 +114,7 @@ class TrainConfig:
     adam_beta2: float = 0.999
     weight_decay: float = 0.0
     max_grad_norm: float | None = 1.0  # None: no clipping
+    skip_nonfinite: bool = False  # a NaN/inf loss or gradient skips that step's update (logged); False: the run stops
     mixed_precision: Literal["no", "bf16", "fp16"] = "bf16"
     gradient_checkpointing: bool = False  # recompute block activations in the backward pass: less memory
     compile: bool = False  # torch.compile the denoiser

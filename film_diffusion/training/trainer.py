@@ -24,7 +24,7 @@ from accelerate import Accelerator
 from accelerate.utils import DistributedType, ProjectConfiguration, set_seed
 from diffusers.optimization import get_scheduler
 from diffusers.training_utils import EMAModel
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 from torch.utils.data import DataLoader, Dataset, Sampler
 from tqdm.auto import tqdm
@@ -34,14 +34,17 @@ from film_diffusion.cpu_memory import keep_freed_memory
 from film_diffusion.data.collate import collate
 from film_diffusion.encoders import EmbeddingCache, TextEncoder
 from film_diffusion.encoders.null import null_condition
-from film_diffusion.errors import UserError
+from film_diffusion.errors import UserError, first_line
 from film_diffusion.evaluation.quality import evaluate_pipeline, held_out_scenes
 from film_diffusion.grid import labelled_grid
+from film_diffusion.integrity import write_manifest
 from film_diffusion.pipelines import FilmDiffusionPipeline
 from film_diffusion.pipelines.schedulers import scheduler_from_name
 from film_diffusion.training.build import build_dataset, build_denoiser, build_encoder, build_vae, latent_shape
 from film_diffusion.training.checkpoints import (
+    CHECKPOINTS,
     checkpoint_step,
+    clean_leftovers,
     load_run_state,
     publish,
     resolve_resume,
@@ -66,10 +69,19 @@ def train(config: ExperimentConfig, resume: str | None = None) -> Path:
                               cpu=not torch.accelerator.is_available(),
                               project_config=ProjectConfiguration(project_dir=str(run), logging_dir=str(run / "logs")))
     check_config(config, accelerator.num_processes)
-    start_from = resolve_resume(run, resume)
-    if start_from is None and (run / "config.yaml").exists():
-        hint = "it has no complete checkpoint yet; delete it to start over" if resume else "pass --resume latest"
-        raise UserError(f"output_dir '{run}' already holds a run; {hint}, or choose another output_dir.")
+    if accelerator.is_main_process and (run / "config.yaml").is_file():  # a run folder: clear what a kill left
+        for leftover in clean_leftovers(run) + clean_leftovers(run / CHECKPOINTS):
+            print(f"Removed {leftover}, left unfinished by an earlier stop.")
+    accelerator.wait_for_everyone()
+    start_from, damaged = resolve_resume(run, resume)
+    restart = start_from is None and (run / "config.yaml").exists()
+    if restart:
+        if not resume:
+            raise UserError(f"output_dir '{run}' already holds a run; pass --resume latest, or choose another "
+                            "output_dir.")
+        if _saved_config(run) not in (None, config_to_dict(config)):  # no checkpoint yet: the same run restarts
+            raise UserError(f"output_dir '{run}' holds a run with no complete checkpoint yet, started with another "
+                            "config; delete it to start over, or choose another output_dir.")
     if accelerator.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED):
         raise UserError(f"This trainer runs on one process or with DDP; {accelerator.distributed_type.value} is not "
                         "supported yet (it shards the weights that the EMA and sampling read); choose DDP in "
@@ -94,10 +106,9 @@ def train(config: ExperimentConfig, resume: str | None = None) -> Path:
     except UserError as err:
         raise ConfigError(f"Config key 'sample.scheduler': {err}") from None
 
-    accelerator.wait_for_everyone()  # every process has checked the folder before the first file appears
     if accelerator.is_main_process:
-        run.mkdir(parents=True, exist_ok=True)
-        (run / "config.yaml").write_text(yaml.safe_dump(config_to_dict(config), sort_keys=False))
+        for message in damaged:
+            print(f"Passing over a damaged checkpoint: {message}")
     device = accelerator.device
     for frozen in (encoder, vae):
         if frozen is not None:
@@ -118,13 +129,22 @@ def train(config: ExperimentConfig, resume: str | None = None) -> Path:
     progress = RunProgress()
     run_state = {"progress": progress, "lr_schedule": lr_schedule, "ema": ema, "random": random}
     if start_from is not None:
-        accelerator.load_state(str(start_from))
-        load_run_state(start_from, run_state, device)
+        try:
+            accelerator.load_state(str(start_from))
+            load_run_state(start_from, run_state, device)
+        except (RuntimeError, ValueError, KeyError, OSError, SafetensorError) as err:
+            raise UserError(f"Checkpoint '{start_from}' does not fit this run ({first_line(err)}); resume with the "
+                            "config it was trained with, or train into a new output_dir.") from None
         if progress.step != checkpoint_step(start_from):
             raise UserError(f"Checkpoint '{start_from}' records step {progress.step}, not its name's; it is damaged.")
-        if accelerator.is_main_process:
-            _truncate_metrics(run / METRICS, progress.step)
-            print(f"Resuming from {start_from} at step {progress.step}.")
+    if accelerator.is_main_process and (start_from or restart):
+        _truncate_metrics(run / METRICS, progress.step)  # rows logged after the checkpoint are logged again
+        print(f"Resuming from {start_from} at step {progress.step}." if start_from else
+              f"No complete checkpoint in '{run}' yet: starting it over from step 0.")
+    accelerator.wait_for_everyone()  # every process has checked the folder and loaded before a file is written
+    if accelerator.is_main_process:  # after the checkpoint fitted the model: a refused resume leaves all as it was
+        run.mkdir(parents=True, exist_ok=True)
+        _write_whole(run / "config.yaml", yaml.safe_dump(config_to_dict(config), sort_keys=False))
     # TensorBoard drops events logged after the checkpoint, as metrics.jsonl drops its rows.
     accelerator.init_trackers("film-diffusion", init_kwargs={"tensorboard": {"purge_step": progress.step + 1}})
 
@@ -139,63 +159,72 @@ def train(config: ExperimentConfig, resume: str | None = None) -> Path:
     conditions = ConditionMaker(encoder, config, denoiser, device)
     pipe = make_pipeline(denoiser, sample_scheduler, encoder, vae, config)  # shares the denoiser's weights
 
-    bar = tqdm(total=tc.max_steps, initial=progress.step, desc="training", disable=not accelerator.is_main_process)
-    seconds: list[float] = []  # per step since the last log row
-    while progress.step < tc.max_steps:
-        tick = time.perf_counter()
-        model.train()
-        step_loss = torch.zeros((), device=device)
-        for i in range(accum):
-            batch = next(batches)
-            sync = contextlib.nullcontext() if i == accum - 1 else accelerator.no_sync(model)
-            with sync:
-                x0 = _latents(vae, batch, random, device)
-                inputs = conditions(batch, random.rand(len(x0)) < tc.caption_dropout)
-                noisy = noisy_batch(config.objective, scheduler, x0, random)
-                with accelerator.autocast():
-                    prediction = model(noisy.x_t, noisy.timesteps, **inputs).sample
-                loss = diffusion_loss(prediction, noisy, x0, scheduler)
-                accelerator.backward(loss / accum)
-            step_loss += loss.detach() / accum
-        loss_value = accelerator.reduce(step_loss, "mean").item()  # the same on every process
-        if not math.isfinite(loss_value):
-            raise UserError(f"The loss became {loss_value} at step {progress.step + 1}; the run stopped and its "
-                            "checkpoints are untouched. Lower train.lr, set train.max_grad_norm, or use bf16 "
-                            "rather than fp16.")
-        grad_norm = accelerator.clip_grad_norm_(model.parameters(), tc.max_grad_norm) if tc.max_grad_norm else None
-        lr = lr_schedule.get_last_lr()[0]  # the rate this step uses
-        optimizer.step()
-        lr_schedule.step()
-        optimizer.zero_grad(set_to_none=True)
-        ema.step(denoiser.parameters())
-        progress.step += 1
-        progress.add_loss(loss_value)
-        seconds.append(time.perf_counter() - tick)  # training only: not sampling, evaluation or checkpoints
-        progress.seconds += seconds[-1]
-        bar.update(1)
+    # the bar closes on an error too, so that the error's line is the last one printed
+    with tqdm(total=tc.max_steps, initial=progress.step, desc="training",
+              disable=not accelerator.is_main_process) as bar:
+        seconds: list[float] = []  # per step since the last log row
+        while progress.step < tc.max_steps:
+            tick = time.perf_counter()
+            model.train()
+            step_loss = torch.zeros((), device=device)
+            for i in range(accum):
+                batch = next(batches)
+                sync = contextlib.nullcontext() if i == accum - 1 else accelerator.no_sync(model)
+                with sync:
+                    x0 = _latents(vae, batch, random, device)
+                    inputs = conditions(batch, random.rand(len(x0)) < tc.caption_dropout)
+                    noisy = noisy_batch(config.objective, scheduler, x0, random)
+                    with accelerator.autocast():
+                        prediction = model(noisy.x_t, noisy.timesteps, **inputs).sample
+                    loss = diffusion_loss(prediction, noisy, x0, scheduler)
+                    accelerator.backward(loss / accum)
+                step_loss += loss.detach() / accum
+            loss_value = accelerator.reduce(step_loss, "mean").item()  # the same on every process
+            grad_norm = (accelerator.clip_grad_norm_(model.parameters(), tc.max_grad_norm)
+                         if tc.max_grad_norm and math.isfinite(loss_value) else None)
+            problem = nonfinite(loss_value, grad_norm, scaled=tc.mixed_precision == "fp16")
+            if problem and not tc.skip_nonfinite:
+                raise UserError(f"The {problem} at step {progress.step + 1}; the run stopped and its checkpoints are "
+                                "untouched. Lower train.lr, set train.max_grad_norm, use bf16 rather than fp16, or set "
+                                "train.skip_nonfinite: true to skip such steps.")
+            lr = lr_schedule.get_last_lr()[0]  # the rate this step uses
+            if problem:  # the step counts (the data stream and the lr schedule go on) but changes no weight
+                progress.skipped += 1
+                bar.write(f"step {progress.step + 1}: the {problem}; its update was skipped (train.skip_nonfinite).")
+            else:
+                optimizer.step()
+                ema.step(denoiser.parameters())
+                progress.add_loss(loss_value)
+            lr_schedule.step()
+            optimizer.zero_grad(set_to_none=True)
+            progress.step += 1
+            seconds.append(time.perf_counter() - tick)  # training only: not sampling, evaluation or checkpoints
+            progress.seconds += seconds[-1]
+            bar.update(1)
 
-        if progress.step % tc.log_every == 0 or progress.step == tc.max_steps:
-            row = {"step": progress.step, "loss": progress.take_mean_loss(), "lr": lr,
-                   "grad_norm": None if grad_norm is None else float(grad_norm),
-                   "images_per_s": tc.batch_size * len(seconds) / sum(seconds), "train_seconds": progress.seconds}
-            seconds.clear()
-            bar.set_postfix(loss=f"{row['loss']:.4f}", img_s=f"{row['images_per_s']:.1f}")
-            accelerator.log({k: v for k, v in row.items() if k != "step" and v is not None}, step=progress.step)
-            if accelerator.is_main_process:
-                _append_metrics(run, row)
-        if tc.sample_every and progress.step % tc.sample_every == 0 and accelerator.is_main_process:
-            with ema_weights(ema, denoiser):
-                write_samples(run, progress.step, pipe, config, accelerator)
-        if tc.eval_every and (progress.step % tc.eval_every == 0 or progress.step == tc.max_steps) \
-                and accelerator.is_main_process:
-            with ema_weights(ema, denoiser):
-                scores = evaluate(pipe, config)
-            bar.write(f"step {progress.step}: " + ", ".join(f"{k} {v:.4f}" for k, v in scores.items()))
-            accelerator.log(scores, step=progress.step)
-            _append_metrics(run, {"step": progress.step, "train_seconds": progress.seconds, **scores})
-        if (tc.checkpoint_every and progress.step % tc.checkpoint_every == 0) or progress.step == tc.max_steps:
-            save_checkpoint(accelerator, run, progress.step, tc.checkpoints_total_limit, run_state)
-    bar.close()
+            if progress.step % tc.log_every == 0 or progress.step == tc.max_steps:
+                row = {"step": progress.step, "loss": progress.take_mean_loss(), "lr": lr,
+                       "grad_norm": None if grad_norm is None else float(grad_norm),
+                       "images_per_s": tc.batch_size * len(seconds) / sum(seconds), "train_seconds": progress.seconds,
+                       **({"skipped_steps": progress.skipped} if tc.skip_nonfinite else {})}
+                seconds.clear()
+                bar.set_postfix(loss=f"{row['loss']:.4f}" if row["loss"] is not None else "skipped",
+                                img_s=f"{row['images_per_s']:.1f}")
+                accelerator.log({k: v for k, v in row.items() if k != "step" and v is not None}, step=progress.step)
+                if accelerator.is_main_process:
+                    _append_metrics(run, row)
+            if tc.sample_every and progress.step % tc.sample_every == 0 and accelerator.is_main_process:
+                with ema_weights(ema, denoiser):
+                    write_samples(run, progress.step, pipe, config, accelerator)
+            if tc.eval_every and (progress.step % tc.eval_every == 0 or progress.step == tc.max_steps) \
+                    and accelerator.is_main_process:
+                with ema_weights(ema, denoiser):
+                    scores = evaluate(pipe, config)
+                bar.write(f"step {progress.step}: " + ", ".join(f"{k} {v:.4f}" for k, v in scores.items()))
+                accelerator.log(scores, step=progress.step)
+                _append_metrics(run, {"step": progress.step, "train_seconds": progress.seconds, **scores})
+            if (tc.checkpoint_every and progress.step % tc.checkpoint_every == 0) or progress.step == tc.max_steps:
+                save_checkpoint(accelerator, run, progress.step, tc.checkpoints_total_limit, run_state)
 
     if accelerator.is_main_process:
         with ema_weights(ema, denoiser):
@@ -206,30 +235,44 @@ def train(config: ExperimentConfig, resume: str | None = None) -> Path:
 
 
 class RunProgress:
-    """The step, the loss of the log window in progress and the training seconds so far: checkpointed, so
-    a resumed run logs the same rows as one that never stopped, and its clock goes on from the checkpoint's."""
+    """The step, the loss of the log window in progress, the training seconds and the skipped steps so far:
+    checkpointed, so a resumed run logs the same rows as one that never stopped, and its clock goes on from the
+    checkpoint's."""
 
     def __init__(self) -> None:
         self.step = 0
         self.loss_sum = 0.0
         self.loss_count = 0
         self.seconds = 0.0
+        self.skipped = 0  # steps whose update a non-finite loss or gradient skipped (train.skip_nonfinite)
 
     def add_loss(self, value: float) -> None:
         self.loss_sum += value
         self.loss_count += 1
 
-    def take_mean_loss(self) -> float:
-        mean = self.loss_sum / self.loss_count
+    def take_mean_loss(self) -> float | None:
+        """The window's mean loss (None when every step of it was skipped), and a new window."""
+        mean = self.loss_sum / self.loss_count if self.loss_count else None
         self.loss_sum, self.loss_count = 0.0, 0
         return mean
 
     def state_dict(self) -> dict:
-        return {"step": self.step, "loss_sum": self.loss_sum, "loss_count": self.loss_count, "seconds": self.seconds}
+        return {"step": self.step, "loss_sum": self.loss_sum, "loss_count": self.loss_count, "seconds": self.seconds,
+                "skipped": self.skipped}
 
     def load_state_dict(self, state: dict) -> None:
         self.step, self.loss_sum, self.loss_count = state["step"], state["loss_sum"], state["loss_count"]
-        self.seconds = state["seconds"]
+        self.seconds, self.skipped = state["seconds"], state.get("skipped", 0)  # checkpoints from before skipping
+
+
+def nonfinite(loss: float, grad_norm: torch.Tensor | None, scaled: bool) -> str | None:
+    """What is not finite in a step, as a phrase, or None. Under fp16 an infinite gradient is the gradient
+    scaler's business (it skips that step and lowers the scale), so only the loss counts there."""
+    if not math.isfinite(loss):
+        return f"loss became {loss}"
+    if grad_norm is not None and not scaled and not math.isfinite(norm := float(grad_norm)):
+        return f"gradient norm became {norm}"
+    return None
 
 
 class StreamSampler(Sampler[tuple[int, int]]):
@@ -421,6 +464,7 @@ def save_pipeline(folder: Path, pipe: FilmDiffusionPipeline) -> None:
     if partial.exists():
         shutil.rmtree(partial)
     pipe.save_pretrained(partial)
+    write_manifest(partial)  # `sample` checks it: a damaged copy is refused, not sampled
     publish(partial, folder)
 
 
@@ -434,7 +478,31 @@ def _append_metrics(run: Path, row: dict) -> None:
 
 
 def _truncate_metrics(path: Path, step: int) -> None:
-    """Drop rows logged after the checkpoint a run resumes from: they will be logged again."""
+    """Drop rows logged after the checkpoint a run resumes from (they will be logged again) and a last row that
+    a kill cut short; the file is replaced whole, so a kill here loses nothing."""
     if path.exists():
-        rows = [line for line in path.read_text().splitlines() if line and json.loads(line)["step"] <= step]
-        path.write_text("".join(row + "\n" for row in rows))
+        _write_whole(path, "".join(line + "\n" for line in path.read_text().splitlines()
+                                   if _row_step(line) is not None and _row_step(line) <= step))
+
+
+def _row_step(line: str) -> int | None:
+    try:
+        return json.loads(line)["step"]
+    except (ValueError, KeyError, TypeError):  # a row cut short by a kill
+        return None
+
+
+def _write_whole(path: Path, text: str) -> None:
+    """Write beside ``path`` and rename over it: a kill leaves the old file or the new one, never half of one."""
+    partial = path.with_name(path.name + ".partial")
+    partial.write_text(text)
+    os.replace(partial, path)
+
+
+def _saved_config(run: Path) -> dict | None:
+    """The config a run folder was started with; None if a kill tore it (before it was written whole)."""
+    try:
+        return yaml.safe_load((run / "config.yaml").read_text())
+    except (yaml.YAMLError, UnicodeDecodeError):
+        return None
+

@@ -125,6 +125,9 @@ def test_resume_latest_skips_a_half_written_checkpoint_and_refuses_a_finished_fo
         tiny_run(tmp_path / "run", *RUN)
     damaged = tmp_path / "run" / "checkpoints" / "checkpoint-6"
     (damaged / "run_state.json").unlink()
+    with pytest.raises(UserError, match="run_state.json' is missing from .*checkpoint-6'; the folder is incomplete"):
+        tiny_run(tmp_path / "run", *RUN, "train.max_steps=8", resume=str(damaged))
+    (damaged / "checksums.json").unlink()  # copied without its manifest: the loader itself still refuses it
     with pytest.raises(UserError, match="has no run_state.safetensors / run_state.json; it was not written by"):
         tiny_run(tmp_path / "run", *RUN, "train.max_steps=8", resume=str(damaged))
 

@@ -40,6 +40,24 @@ CASES = [
     ({"model": {"token_mixer": "mamba"}}, "'model.token_mixer' is 'mamba'", "'ffnified'"),
     ({"condition": {"source": "class_labels", "num_classes": 32}, "sample": {"class_labels": [40]}},
      "'sample.class_labels' is [40]; use class ids from 0 to 31", ""),
+    ({"train": {"ema_decay": 1.0}}, "'train.ema_decay' is 1.0; choose a value in [0, 1)", ""),
+    ({"train": {"lr": -0.1}}, "'train.lr' is -0.1; it must be positive", ""),
+    ({"train": {"warmup_steps": -1}}, "'train.warmup_steps' is -1; use 0 or more", ""),
+    ({"sample": {"steps": 0}}, "'sample.steps' is 0; it must be at least 1", ""),
+    ({"eval": {"scenes": 1}}, "'eval.scenes' (1)", "must be at least 2"),
+    ({"train": {"lr_scheduler": "exponential"}}, "'train.lr_scheduler' is 'exponential'", "'cosine'"),
+    ({"objective": {"prediction": "x0"}}, "'objective.prediction' is 'x0'", "'flow'"),
+    ({"train": {"max_steps": 1.5}}, "'train.max_steps' must be of type int, got 1.5", ""),
+    ({"train": {"max_steps": None}}, "'train.max_steps' must be of type int, got None", ""),
+    ({"seed": "zero"}, "'seed' must be of type int, got 'zero'", ""),
+    ({"model": {"conditioning": "film"}}, "'model.conditioning' must be a list", ""),
+    ({"condition": {"source": "bert"}}, "'condition.source' is 'bert'", "'builtin_clip'"),
+    ({"data": {"num_workers": -1}}, "'data.num_workers' is -1; use 0 or more", ""),
+    ({"data": {"name": "folder", "root": "/no/such/folder"}}, "'data.root' is '/no/such/folder', which is not a "
+     "folder", ""),
+    ({"condition": {"embeddings": "/no/such/embeddings.safetensors"}}, "'condition.embeddings' is "
+     "'/no/such/embeddings.safetensors'", ""),
+    ({"train": "fast"}, "'train' must be a mapping of keys to values, got 'fast'", ""),
 ]
 
 
@@ -55,9 +73,39 @@ def test_malformed_config_is_one_line_and_writes_nothing(raw, message, also, tmp
     assert not out.exists()
 
 
+@pytest.mark.parametrize("text, message", [
+    (b"train: [1, 2\n", "is not valid YAML (expected ',' or ']', but got '<stream end>' at line 2, column 1)"),
+    (b"- 1\n- 2\n", "must hold a mapping of keys to values at the top level"),
+    (b"seed: 1\xff\n", "is not UTF-8 text (byte 7); save it as UTF-8"),
+    (b"\tseed: 1\n", "is not valid YAML (found character '\\t' that cannot start any token at line 1, column 1)"),
+], ids=["syntax", "a list", "not UTF-8", "a tab"])
+def test_an_unreadable_config_file_is_one_line(text, message, tmp_path, capsys):
+    config = tmp_path / "config.yaml"
+    config.write_bytes(text)
+    assert main(["train", str(config), f"output_dir={tmp_path / 'run'}"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"film-diffusion train: error: Config file '{config}' {message}."] or (
+        len(err) == 1 and message in err[0]), err
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_batch_that_does_not_split_over_the_processes(tmp_path):
+    from film_diffusion.config import ConfigError
+    from film_diffusion.training.config import check_config, load_experiment
+
+    config = load_experiment({}, ["train.batch_size=32"])
+    check_config(config, num_processes=2)  # 16 each
+    with pytest.raises(ConfigError, match=r"'train.batch_size' is 32, which does not split into 3 process\(es\) x 1 "
+                                          r"accumulation step\(s\); choose a multiple of 3"):
+        check_config(config, num_processes=3)
+
+
 def test_a_missing_config_file_and_a_bad_override(tmp_path, capsys):
     assert main(["train", str(tmp_path / "none.yaml")]) == 2
     assert "does not exist" in capsys.readouterr().err
     (tmp_path / "c.yaml").write_text("seed: 1\n")
     assert main(["train", str(tmp_path / "c.yaml"), "train.max_steps"]) == 2
     assert "must look like key=value" in capsys.readouterr().err
+    assert main(["train", str(tmp_path / "c.yaml"), "train.lr=[1,"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "Override 'train.lr=[1,': the value is not valid YAML" in err[0], err
