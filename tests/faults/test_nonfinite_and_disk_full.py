@@ -115,3 +115,28 @@ def test_a_file_size_limit_stops_the_first_checkpoint_with_one_line(tmp_path):
     assert "Traceback" not in done.stderr
     assert not list((tmp_path / "run" / "checkpoints").iterdir())  # no partial folder left
     assert main(["train", str(config), "--resume", "latest"]) == 0  # with room again, the same run starts over
+
+
+def test_what_counts_as_non_finite():
+    """Outside fp16 an infinite gradient norm stops (or skips) a step; under fp16 it is the gradient scaler's to
+    handle (it skips that step and lowers the scale), so only the loss counts there."""
+    inf = torch.tensor(float("inf"))
+    assert trainer.nonfinite(0.5, torch.tensor(1.0), scaled=False) is None
+    assert trainer.nonfinite(float("nan"), None, scaled=True) == "loss became nan"
+    assert trainer.nonfinite(0.5, inf, scaled=False) == "gradient norm became inf"
+    assert trainer.nonfinite(0.5, inf, scaled=True) is None
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="fp16 training needs a GPU")
+def test_fp16_on_a_gpu_trains_through_the_gradient_scaler(tmp_path, monkeypatch):
+    scalers = []
+    prepare = trainer.Accelerator.prepare
+
+    def record(self, *args):
+        scalers.append(self.scaler)
+        return prepare(self, *args)
+
+    monkeypatch.setattr(trainer.Accelerator, "prepare", record)
+    run = tiny_run(tmp_path / "run", *RUN, "train.mixed_precision=fp16")
+    assert isinstance(scalers[0], torch.amp.GradScaler)
+    assert all(torch.isfinite(t).all() for t in weights(run, 6).values())
