@@ -10,7 +10,8 @@ from film_diffusion.training.trainer import train
 
 FULL_SIZE = {"dit_xl2_imagenet": 674.8, "pixart_like": 798.6, "sd_unet": 835.7}  # millions of parameters
 CLIP_L = {"token_dim": 768, "pooled_dim": 768, "max_length": 77}  # what openai/clip-vit-large-patch14 reports
-STUDIES = ("compare_methods", "dit_paper_blocks", "film_paper_placement")  # compare configs: tests/evaluation
+# compare configs, tested in tests/evaluation
+STUDIES = ("compare_methods", "dit_paper_blocks", "film_paper_placement", "ffnified_mixer")
 BUILT_IN = sorted(p.stem for p in CONFIGS.glob("*.yaml")
                   if p.stem not in FULL_SIZE and p.stem != "clip_builtin" and p.stem not in STUDIES)
 
