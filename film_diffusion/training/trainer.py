@@ -16,6 +16,7 @@ import shutil
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from pickle import UnpicklingError
 
 import numpy as np
 import torch
@@ -132,6 +133,10 @@ def train(config: ExperimentConfig, resume: str | None = None) -> Path:
         try:
             accelerator.load_state(str(start_from))
             load_run_state(start_from, run_state, device)
+        except UnpicklingError:  # Accelerate reads its pickles with weights_only=True: nothing in them ran
+            raise UserError(f"Checkpoint '{start_from}' holds a pickle that is not plain tensors (Accelerate's "
+                            "optimizer or RNG state replaced or tampered with); it was refused, not run. Resume from "
+                            "a checkpoint you trust, or train into a new output_dir.") from None
         except (RuntimeError, ValueError, KeyError, OSError, SafetensorError) as err:
             raise UserError(f"Checkpoint '{start_from}' does not fit this run ({first_line(err)}); resume with the "
                             "config it was trained with, or train into a new output_dir.") from None

@@ -233,3 +233,36 @@ def test_a_pipeline_with_another_backbones_config_is_refused(pipeline, tmp_path,
     assert sample(pipeline, tmp_path) == 2
     assert f"Could not load the pipeline in '{pipeline}'" in one_error_line(capsys, "sample")
     assert not (tmp_path / "grid.png").exists()
+
+
+class Payload:
+    """A pickle that would run code when loaded: it must never be loaded."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.touch, (self.marker,))
+
+
+def test_a_booby_trapped_pickle_in_a_checkpoint_is_never_run(stopped, tmp_path, capsys):
+    """Accelerate's own files in a checkpoint (optimizer state, RNG states) are pickles; it reads them with
+    torch.load(weights_only=True), so a copied checkpoint cannot run code, even without its manifest. A trapped
+    optimizer file is refused; a trapped RNG file Accelerate passes over (the run's own randomness is in
+    run_state.safetensors, so the resumed run is still exact)."""
+    run, config = stopped
+    checkpoint = run / "checkpoints" / "checkpoint-6"
+    (checkpoint / "checksums.json").unlink()
+    marker = tmp_path / "the payload ran"
+    optimizer = (checkpoint / "optimizer.bin").read_bytes()
+    torch.save({"payload": Payload(marker)}, checkpoint / "optimizer.bin")
+    assert main(["train", str(config), "--resume", "latest"]) == 2
+    line = one_error_line(capsys, "train")
+    assert line.endswith(f"Checkpoint '{checkpoint}' holds a pickle that is not plain tensors (Accelerate's "
+                         "optimizer or RNG state replaced or tampered with); it was refused, not run. Resume from a "
+                         "checkpoint you trust, or train into a new output_dir.")
+    assert not marker.exists()
+    (checkpoint / "optimizer.bin").write_bytes(optimizer)
+    torch.save({"payload": Payload(marker)}, checkpoint / "random_states_0.pkl")
+    assert main(["train", str(config), "--resume", "latest"]) == 0
+    assert not marker.exists()
