@@ -34,10 +34,6 @@ def write_manifest(folder: Path) -> None:
     (folder / MANIFEST).write_text(json.dumps(entries, indent=1))
 
 
-def has_manifest(folder: Path) -> bool:
-    return (folder / MANIFEST).is_file()
-
-
 def verify(folder: Path) -> None:
     """Raise a :class:`UserError` naming the first file of the manifest that is missing, of another size or
     of other content, or else the first ``.safetensors`` file whose header does not parse (a pickle saved under

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from film_diffusion.training.config import ExperimentConfig, load_experiment
-from film_diffusion.training.trainer import train
+from film_diffusion.training.trainer import WALL_CLOCK, train
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "configs"
@@ -25,3 +26,16 @@ def tiny_config(output_dir: Path, *overrides: str, source: str | Path | dict | N
 
 def tiny_run(output_dir: Path, *overrides: str, resume: str | None = None) -> Path:
     return train(tiny_config(output_dir, *overrides), resume=resume)
+
+
+def metric_rows(run: Path) -> list[dict]:
+    """A run's metrics.jsonl rows without the wall-clock columns: what two runs of one config must share."""
+    return [{k: v for k, v in json.loads(line).items() if k not in WALL_CLOCK}
+            for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+def one_error_line(capsys, command: str) -> str:
+    """The one line a failed ``film-diffusion COMMAND`` printed to stderr (asserting it is one, and an error)."""
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"film-diffusion {command}: error: "), err
+    return err[0]

@@ -74,7 +74,7 @@ class EmbeddingCache:
         for start in range(0, len(missing), self.batch_size):
             chunk = missing[start : start + self.batch_size]
             padded = chunk + [""] * (self.batch_size - len(chunk))  # a fixed shape: the same bits for a caption
-            for caption, row in zip(chunk, _rows(self.encoder.encode(padded))[: len(chunk)], strict=True):
+            for caption, row in zip(chunk, _rows(self.encoder.encode(padded)[: len(chunk)]), strict=True):
                 found[caption] = self._memo[caption] = row
         if self.capacity is not None and len(self._memo) > self.capacity:
             if not self._warned_full:

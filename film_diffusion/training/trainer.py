@@ -486,15 +486,16 @@ def _truncate_metrics(path: Path, step: int) -> None:
     """Drop rows logged after the checkpoint a run resumes from (they will be logged again) and a last row that
     a kill cut short; the file is replaced whole, so a kill here loses nothing."""
     if path.exists():
-        _write_whole(path, "".join(line + "\n" for line in path.read_text().splitlines()
-                                   if _row_step(line) is not None and _row_step(line) <= step))
+        kept = [line for line in path.read_text().splitlines() if _logged_by(line, step)]
+        _write_whole(path, "".join(line + "\n" for line in kept))
 
 
-def _row_step(line: str) -> int | None:
+def _logged_by(line: str, step: int) -> bool:
+    """Whether a metrics row was logged at ``step`` or before; a row a kill cut short was not logged."""
     try:
-        return json.loads(line)["step"]
-    except (ValueError, KeyError, TypeError):  # a row cut short by a kill
-        return None
+        return json.loads(line)["step"] <= step
+    except (ValueError, KeyError, TypeError):
+        return False
 
 
 def _write_whole(path: Path, text: str) -> None:

@@ -16,11 +16,11 @@ from pathlib import Path
 
 import torch
 import yaml
-from runs import tiny_config
+from runs import metric_rows, tiny_config
 from safetensors.torch import load_file
 
 from film_diffusion.config import config_to_dict
-from film_diffusion.training.trainer import WALL_CLOCK
+from film_diffusion.training.checkpoints import checkpoint_dirs, checkpoint_step
 
 # A run long enough that 20 kills, each at most 7 s after a start (about 4 s of it importing), cannot finish it
 # (the tiny model takes about 150 steps a second on 2 cores); a checkpoint every tenth of a second or so, grids
@@ -60,8 +60,8 @@ def writing(run: Path, since: float) -> bool:
 
 
 def newest_step(run: Path) -> int:
-    steps = [int(p.name.split("-")[1]) for p in (run / "checkpoints").glob("checkpoint-*") if p.name[11:].isdigit()]
-    return max(steps, default=0)
+    complete = checkpoint_dirs(run)
+    return checkpoint_step(complete[-1]) if complete else 0
 
 
 def kill_storm(folder: Path, kills: int = 20, seed: int = 0, overrides: tuple[str, ...] = ()) -> Storm:
@@ -99,7 +99,7 @@ def kill_storm(folder: Path, kills: int = 20, seed: int = 0, overrides: tuple[st
 
 
 def final_state(run: Path) -> dict:
-    checkpoint = sorted((run / "checkpoints").glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))[-1]
+    checkpoint = checkpoint_dirs(run)[-1]
     values = json.loads((checkpoint / "run_state.json").read_text())
     values["progress"].pop("seconds")  # the clock differs between runs
     return {
@@ -108,8 +108,7 @@ def final_state(run: Path) -> dict:
         "optimizer": torch.load(checkpoint / "optimizer.bin", weights_only=True),
         "ema and generator": load_file(checkpoint / "run_state.safetensors"),
         "step, lr schedule, EMA counters": values,
-        "metrics rows": [{k: v for k, v in json.loads(line).items() if k not in WALL_CLOCK}
-                         for line in (run / "metrics.jsonl").read_text().splitlines()],
+        "metrics rows": metric_rows(run),
         "pipeline weights": load_file(run / "pipeline" / "denoiser" / "diffusion_pytorch_model.safetensors"),
         "sample grids": {p.name: p.read_bytes() for p in sorted((run / "samples").iterdir())},
     }

@@ -3,20 +3,18 @@
 written over."""
 
 import hashlib
-import json
 import shutil
 from pathlib import Path
 
 import pytest
 import torch
 import yaml
-from runs import tiny_config
+from runs import metric_rows, one_error_line, tiny_config
 from safetensors.torch import load_file, save_file
 
 from film_diffusion.cli import main
 from film_diffusion.config import config_to_dict
 from film_diffusion.training.build import build_denoiser
-from film_diffusion.training.trainer import WALL_CLOCK
 
 RUN = ["train.max_steps=6", "train.checkpoint_every=2", "train.checkpoints_total_limit=null", "train.log_every=2"]
 WEIGHTS = "model.safetensors"
@@ -67,12 +65,6 @@ def pickle_in_place(path: Path) -> None:
     tensors = {k: v.clone() for k, v in load_file(path).items()}
     path.unlink()
     torch.save(tensors, path)
-
-
-def one_error_line(capsys, command: str) -> str:
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and err[0].startswith(f"film-diffusion {command}: error: "), err
-    return err[0]
 
 
 DAMAGE = {
@@ -171,12 +163,6 @@ def test_a_config_torn_by_a_kill_restarts_the_run(finished, tmp_path, capsys):
     assert main(["train", str(config), "--resume", "latest"]) == 0
     assert "starting it over from step 0" in capsys.readouterr().out
     assert metric_rows(run) == metric_rows(finished[0])
-
-
-def metric_rows(run: Path) -> list[dict]:
-    """Every logged number but the wall-clock ones."""
-    return [{k: v for k, v in json.loads(line).items() if k not in WALL_CLOCK}
-            for line in (run / "metrics.jsonl").read_text().splitlines()]
 
 
 # Model folders, as `film-diffusion sample` reads them.

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from runs import tiny_run
+from runs import one_error_line, tiny_run
 
 from film_diffusion.cli import main
 from film_diffusion.data.folder import ImageFolderDataset
@@ -21,12 +21,6 @@ from film_diffusion.sample import read_prompts
 @pytest.fixture(scope="module")
 def pipeline(tmp_path_factory):
     return tiny_run(tmp_path_factory.mktemp("tiny") / "run", "train.max_steps=1") / "pipeline"
-
-
-def one_error_line(capsys, command: str) -> str:
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and err[0].startswith(f"film-diffusion {command}: error: "), err
-    return err[0]
 
 
 # Prompts

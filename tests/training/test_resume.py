@@ -5,7 +5,7 @@ import shutil
 
 import pytest
 import torch
-from runs import tiny_run
+from runs import metric_rows, tiny_run
 from safetensors.torch import load_file
 
 from film_diffusion.errors import UserError
@@ -42,8 +42,7 @@ def states(run):
         "run_state": load_file(checkpoint / "run_state.safetensors"),  # EMA weights, generator state
         "run_values": run_values(checkpoint),  # step, lr schedule, EMA counters
         # every logged number but the wall-clock ones
-        "metrics": [{k: v for k, v in json.loads(line).items() if k not in trainer.WALL_CLOCK}
-                    for line in (run / "metrics.jsonl").read_text().splitlines()],
+        "metrics": metric_rows(run),
         "pipeline": load_file(run / "pipeline" / "denoiser" / "diffusion_pytorch_model.safetensors"),
     }
 
