@@ -128,6 +128,20 @@ def _add_analyze(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", help="cpu, cuda, cuda:1, ... (default: cuda when there is one)")
 
 
+def _summary(args: argparse.Namespace) -> None:
+    from film_diffusion.evaluation.summary import summary
+
+    print(summary(args.study, args.columns))
+
+
+def _add_summary(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("study", metavar="REPORT", help="a comparison's report folder (its report_dir, or "
+                        "output_dir), e.g. docs/studies/compare_methods")
+    parser.add_argument("columns", nargs="+", metavar="COLUMN", help="color, shape, size, position, all, "
+                        "color_and_shape, fid, kid, clip_score, cogent/<metric>, images_per_s, final_loss, "
+                        "params, flops")
+
+
 # name -> (one-line help, add its arguments, run it)
 COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], None]]] = {
     "smoke": (
@@ -156,6 +170,12 @@ COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Callab
         "when gamma or beta is replaced by its mean, fixed or noised.",
         _add_analyze,
         _analyze,
+    ),
+    "summary": (
+        "Print a comparison's mean ± std table over seeds with the chosen columns (markdown), from its "
+        "results.json.",
+        _add_summary,
+        _summary,
     ),
     "train-oracle": (
         "Train the oracle that reads built-in scenes back from pixels, for one resolution, on the CPU.",

@@ -33,6 +33,8 @@ SAMPLES = "compare_samples"
 # condition states (text: all attributes; class labels: colour and shape).
 METRICS = {"color": "colour", "shape": "shape", "size": "size", "position": "position", "all": "all",
            "color_and_shape": "colour+shape", "fid": "FID", "kid": "KID", "clip_score": "CLIP"}
+# Columns that are not quality metrics, with their titles.
+OTHER_COLUMNS = {"images_per_s": "img/s", "final_loss": "final loss", "params": "params", "flops": "FLOPs"}
 LOWER_IS_BETTER = {"fid", "kid", "final_loss"}
 
 
@@ -171,8 +173,20 @@ def headline(rows: list[dict]) -> str | None:
 
 
 def column_title(key: str) -> str:
+    if key in OTHER_COLUMNS:
+        return OTHER_COLUMNS[key]
     prefix, _, metric = key.partition("/")
     return f"{'CoGenT ' if prefix == 'eval_cogent' else ''}{METRICS[metric]}"
+
+
+def seed_table(groups: list[dict], group_keys: list[str], columns: list[str]) -> list[str]:
+    """Markdown lines: a row per group of seeds, its ``n``, then ``mean ± std`` of each column."""
+    lines = [markdown_row([*(k.rsplit(".", 1)[-1] for k in group_keys), "n", *map(column_title, columns)]),
+             markdown_row(["---"] * len(group_keys) + ["---:"] * (1 + len(columns)))]
+    for g in groups:
+        cells = [f"{format_number(g[k])} ± {format_number(g[f'{k}_std'])}" if k in g else "" for k in columns]
+        lines.append(markdown_row([*(str(g[k]) for k in group_keys), str(g["n"]), *cells]))
+    return lines
 
 
 def markdown(rows: list[dict], groups: list[dict], keys: list[str], config: CompareConfig, runs: list[PlannedRun],
@@ -199,23 +213,17 @@ def markdown(rows: list[dict], groups: list[dict], keys: list[str], config: Comp
              "## Runs", ""]
     columns = ["run", "width", "params (M)", "conditioning params (M)", "GFLOPs / forward", "img/s",
                "peak MiB (train step)", "final loss", *map(column_title, quality)]
-    lines += [_row(columns), _row(["---"] + ["---:"] * (len(columns) - 1))]
+    lines += [markdown_row(columns), markdown_row(["---"] + ["---:"] * (len(columns) - 1))]
     for row in rows:
         cells = [row["run"], _width(row), f"{row['params'] / 1e6:.3f}",
                  f"{row['params_conditioning'] / 1e6:.3f}", f"{row['flops'] / 1e9:.3g}", f"{row['images_per_s']:.1f}",
                  f"{row['peak_memory_mb']:.0f}", f"{row['final_loss']:.4f}",
-                 *(_number(row.get(k)) for k in quality)]
-        lines.append(_row(cells))
+                 *(format_number(row.get(k)) for k in quality)]
+        lines.append(markdown_row(cells))
     group_keys = [k for k in keys if k != SEED_KEY]
     if any(g["n"] > 1 for g in groups):
-        lines += ["", "## Mean and standard deviation over seeds", ""]
-        columns = [*(k.rsplit(".", 1)[-1] for k in group_keys), "n", "final loss", *map(column_title, quality)]
-        lines += [_row(columns), _row(["---"] * len(group_keys) + ["---:"] * (len(columns) - len(group_keys)))]
-        for g in groups:
-            cells = [*(str(g[k]) for k in group_keys), str(g["n"]),
-                     *(f"{_number(g.get(k))} ± {_number(g.get(f'{k}_std'))}" if k in g else "" for k in
-                       ["final_loss", *quality])]
-            lines.append(_row(cells))
+        lines += ["", "## Mean and standard deviation over seeds", "",
+                  *seed_table(groups, group_keys, ["final_loss", *quality])]
     best = headline(rows)
     if best and BACKBONE_KEY in keys and len(config.matrix[BACKBONE_KEY]) > 1:
         lines += ["", f"## {column_title(best)} by method and backbone (mean over seeds)", ""]
@@ -224,9 +232,9 @@ def markdown(rows: list[dict], groups: list[dict], keys: list[str], config: Comp
         table: dict[str, dict[str, str]] = defaultdict(dict)
         for g in groups:
             label = ", ".join(str(g[k]) for k in methods) or "all"
-            table[label][str(g[BACKBONE_KEY])] = _number(g.get(best))
-        lines += [_row(["method", *backbones]), _row(["---"] + ["---:"] * len(backbones))]
-        lines += [_row([label, *(cells.get(b, "") for b in backbones)]) for label, cells in table.items()]
+            table[label][str(g[BACKBONE_KEY])] = format_number(g.get(best))
+        lines += [markdown_row(["method", *backbones]), markdown_row(["---"] + ["---:"] * len(backbones))]
+        lines += [markdown_row([label, *(cells.get(b, "") for b in backbones)]) for label, cells in table.items()]
     lines += ["", "## Curves", "", *(f"![{p.stem}]({p.name})" for p in plots), "", "## Samples", "",
               "Each row is one run; the columns are, in order: "
               + "; ".join(f"\"{c}\"" for c in (first.sample.captions if first.condition.source != "class_labels"
@@ -250,11 +258,12 @@ def _width(row: dict) -> str:
     return f"{value_label(row['width'])} ({reached / 1e6:.3g}M of {target / 1e6:.3g}M)"
 
 
-def _number(value: Any) -> str:
+def format_number(value: Any) -> str:
+    """Three decimals below 10, two above: the precision the tables print."""
     if value is None:
         return ""
     return f"{value:.2f}" if abs(value) >= 10 else f"{value:.3f}"
 
 
-def _row(cells: list[str]) -> str:
+def markdown_row(cells: list[str]) -> str:
     return "| " + " | ".join(cells) + " |"
