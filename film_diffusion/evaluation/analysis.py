@@ -118,9 +118,14 @@ class CaptionDrive:
 
 
 @contextlib.contextmanager
-def edited_modulation(denoiser, drive: CaptionDrive, edit: Edit) -> Iterator[None]:
-    """Every (gamma, beta) the model's FiLM / adaLN-Zero generators emit goes through ``edit`` while the block
-    runs (forward hooks; removed afterwards)."""
+def edited_modulation(denoiser, drive: CaptionDrive, edit: Edit, guided: bool = False) -> Iterator[None]:
+    """Every (gamma, beta) the model's FiLM / adaLN-Zero generators emit for a caption goes through ``edit`` while
+    the block runs (forward hooks; removed afterwards).
+
+    ``guided``: each call's batch is the pipeline's ``[null, caption]`` halves of classifier-free guidance, and
+    the null half keeps its trained values. The ablations change what a caption contributes; editing the null
+    too would move guidance's reference point instead (replacing its gamma by the captions' mean wrecked every
+    sample of a trained model that way)."""
     t_emb: dict[str, torch.Tensor] = {}
     handles = [denoiser.conditioner.register_forward_pre_hook(
         lambda module, args, kwargs: t_emb.__setitem__("t", args[0] if args else kwargs["t_emb"]), with_kwargs=True)]
@@ -128,10 +133,12 @@ def edited_modulation(denoiser, drive: CaptionDrive, edit: Edit) -> Iterator[Non
         def hook(module, inputs, outputs, modulated=modulated):
             means = drive.parameters(modulated, t_emb["t"][:1])
             outputs = list(outputs)
+            rows = slice(len(outputs[0]) // 2 if guided else 0, None)
             for k, i in enumerate(modulated.sites):
-                gamma, beta = modulated.split(outputs[i], i)
+                gamma, beta = (p.clone() for p in modulated.split(outputs[i], i))
                 mean = torch.stack([means[k][0].mean(0), means[k][1].mean(0)])
-                outputs[i] = modulated.join(*edit(k, gamma, beta, mean), i).to(outputs[i].dtype)
+                gamma[rows], beta[rows] = edit(k, gamma[rows], beta[rows], mean)
+                outputs[i] = modulated.join(gamma, beta, i).to(outputs[i].dtype)
             return tuple(outputs)
 
         handles.append(modulated.method.generator.register_forward_hook(hook))
@@ -213,9 +220,10 @@ def analyze(run: str | Path, scenes: int | None = None, noise: tuple[float, ...]
     names = {m.name: m.site_names() for m in modulated}
     labels = {a: [str(eval_scenes.scene(i)[0][0][a]) for i in range(len(eval_scenes))] for a in ATTRIBUTES}
 
+    guided = config.sample.guidance_scale > 1
     scores = {}
     for name, edit in tqdm(ablations(list(noise)).items(), desc="ablations"):
-        with contextlib.nullcontext() if edit is None else edited_modulation(pipe.denoiser, drive, edit):
+        with contextlib.nullcontext() if edit is None else edited_modulation(pipe.denoiser, drive, edit, guided):
             scores[name] = evaluate_pipeline(pipe, eval_scenes, config.sample.steps, config.sample.guidance_scale,
                                              seed=config.eval.seed, batch_size=config.eval.batch_size)
     clustering = {m: [{a: attribute_share(torch.cat(p, dim=1).cpu(), labels[a]) for a in ATTRIBUTES}

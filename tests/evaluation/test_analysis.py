@@ -78,6 +78,29 @@ def test_own_values_change_nothing_and_the_mean_or_fixed_values_do(backbone, met
 
 
 @pytest.mark.parametrize("backbone, method", CASES)
+def test_under_guidance_only_the_caption_half_is_edited(backbone, method):
+    """The pipeline's guided batch is [null, caption]: the null rows keep their trained (gamma, beta), so guidance
+    still starts from the model's own unconditional prediction."""
+    denoiser = tiny_dit(method, backbone)
+    g = torch.Generator().manual_seed(3)
+    condition = Condition(tokens=torch.randn(4, 4, 5, generator=g), pooled=torch.randn(4, 6, generator=g))
+    x = torch.randn(4, 3, 8, 8, generator=g)
+
+    def guided_call():
+        with torch.no_grad():
+            return denoiser(x, torch.tensor([300] * 4), condition).sample
+
+    plain = guided_call()
+    for guided, changed in ((True, [False, False, True, True]), (False, [True] * 4)):
+        with edited_modulation(denoiser, Drive(denoiser), lambda site, gamma, beta, mean: (mean[0].expand_as(gamma),
+                                                                                          beta), guided):
+            edited = guided_call()
+        difference = (edited - plain).flatten(1).abs().amax(1)
+        assert [bool(d > 1e-4) for d in difference] == changed, difference
+        assert all(d == 0 for d, c in zip(difference, changed, strict=True) if not c)
+
+
+@pytest.mark.parametrize("backbone, method", CASES)
 def test_gamma_and_beta_are_the_scale_and_shift_a_site_applies(backbone, method):
     """Setting gamma to 1 and beta to 0 everywhere equals a model whose generator emits the identity."""
     denoiser = tiny_dit(method, backbone)
