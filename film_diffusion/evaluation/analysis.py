@@ -6,13 +6,15 @@ the caption. This module reads them for the held-out evaluation captions (histog
 site coloured by what each caption names, with the share of their variance each attribute explains), and
 measures the oracle's scores when they are changed at every denoiser call: ``gamma`` or ``beta`` replaced by
 its mean over the evaluation captions, ``gamma`` set to 1 or ``beta`` to 0, Gaussian noise of growing size
-added to each, and, as a check of the machinery, both replaced by their own values (scores unchanged).
+added to each, and, as a check of the machinery, both replaced by their own values (scores unchanged); and
+draws the first ``GRID_SCENES`` captions under every change, from the same noise, to show what each does.
 
 The change is made to the model, which is then sampled as usual, guidance included: the unconditional half
-of a guided batch is changed the same way. ``gamma`` and ``beta`` are in the units a site applies:
-``gamma * h + beta`` (FiLM's ``1 + delta`` and adaLN-Zero's ``1 + scale`` included). adaLN-Zero's gates are not
-analysed. Where a generator also reads the timestep, the mean is taken over the captions at the step's own
-timestep, and the histograms and maps are drawn at timestep ``MAP_TIMESTEP``.
+of a guided batch keeps its trained values, so guidance still pushes away from the same reference. ``gamma``
+and ``beta`` are in the units a site applies: ``gamma * h + beta`` (FiLM's ``1 + delta`` and adaLN-Zero's
+``1 + scale`` included). adaLN-Zero's gates are not analysed. Where a generator also reads the timestep, the
+mean is taken over the captions at the step's own timestep, and the histograms and maps are drawn at timestep
+``MAP_TIMESTEP``.
 """
 
 from __future__ import annotations
@@ -34,12 +36,14 @@ from film_diffusion.conditioning.film import FiLM
 from film_diffusion.conditioning.sites import Signals
 from film_diffusion.data.shapes import ShapesDataset, scene_class
 from film_diffusion.errors import UserError
-from film_diffusion.evaluation.quality import evaluate_pipeline, held_out_scenes
+from film_diffusion.evaluation.quality import evaluate_pipeline, held_out_scenes, scene_inputs
+from film_diffusion.grid import labelled_grid
 from film_diffusion.pipelines import FilmDiffusionPipeline
 from film_diffusion.sample import load_pipeline
 from film_diffusion.training.config import load_experiment
 
 MAP_TIMESTEP = 500
+GRID_SCENES = 8  # captions drawn under every ablation in ablation_samples.png
 ATTRIBUTES = ("color", "shape", "size", "cell")  # what a one-object full caption names
 Edit = Callable[[int, torch.Tensor, torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
 """(site index, gamma, beta, the captions' mean (gamma, beta) at this timestep) -> new (gamma, beta); all
@@ -221,18 +225,23 @@ def analyze(run: str | Path, scenes: int | None = None, noise: tuple[float, ...]
     labels = {a: [str(eval_scenes.scene(i)[0][0][a]) for i in range(len(eval_scenes))] for a in ATTRIBUTES}
 
     guided = config.sample.guidance_scale > 1
-    scores = {}
+    grid_inputs = scene_inputs(pipe, [eval_scenes.scene(i) for i in range(min(GRID_SCENES, len(eval_scenes)))])
+    scores, samples = {}, {}
     for name, edit in tqdm(ablations(list(noise)).items(), desc="ablations"):
         with contextlib.nullcontext() if edit is None else edited_modulation(pipe.denoiser, drive, edit, guided):
             scores[name] = evaluate_pipeline(pipe, eval_scenes, config.sample.steps, config.sample.guidance_scale,
                                              seed=config.eval.seed, batch_size=config.eval.batch_size)
+            samples[name] = pipe(**grid_inputs, num_inference_steps=config.sample.steps,
+                                 guidance_scale=config.sample.guidance_scale,
+                                 generator=torch.Generator(device).manual_seed(config.eval.seed)).images
     clustering = {m: [{a: attribute_share(torch.cat(p, dim=1).cpu(), labels[a]) for a in ATTRIBUTES}
                       for p in params] for m, params in parameters.items()}
     statistics = {m: [{"gamma_mean": g.mean().item(), "gamma_std": g.std().item(), "beta_mean": b.mean().item(),
                        "beta_std": b.std().item()} for g, b in params] for m, params in parameters.items()}
     plots = [plot_histograms(out / "histograms.png", parameters, names),
              plot_maps(out / "pca_maps.png", parameters, names, labels),
-             plot_ablations(out / "ablations.png", scores, list(noise))]
+             plot_ablations(out / "ablations.png", scores, list(noise)), out / "ablation_samples.png"]
+    labelled_grid(list(samples.values()), list(samples)).save(plots[-1])
     result = {"run": str(run), "scenes": len(eval_scenes), "noise": list(noise), "map_timestep": MAP_TIMESTEP,
               "sites": names, "ablations": scores, "clustering": clustering, "statistics": statistics,
               "plots": [p.name for p in plots]}

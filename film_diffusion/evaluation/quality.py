@@ -23,6 +23,14 @@ def held_out_scenes(resolution: int, count: int, seed: int, holdout: list[list[s
                          length=count, templates=["full"])
 
 
+def scene_inputs(pipe, truth: list[tuple[list[dict], str]]) -> dict[str, list]:
+    """The pipeline keywords that ask for these ``(objects, caption)`` scenes: their captions for a text model,
+    the class of their first object for a class-label one."""
+    if pipe.text_encoder is not None:
+        return {"prompt": [caption for _, caption in truth]}
+    return {"class_labels": [scene_class(objects) for objects, _ in truth]}
+
+
 @torch.no_grad()
 def evaluate_pipeline(pipe, scenes: ShapesDataset, steps: int, guidance_scale: float, seed: int = 0,
                       batch_size: int = 64) -> dict[str, float]:
@@ -34,10 +42,8 @@ def evaluate_pipeline(pipe, scenes: ShapesDataset, steps: int, guidance_scale: f
     fakes = []
     for start in range(0, len(truth), batch_size):
         chunk = truth[start:start + batch_size]
-        inputs = {"prompt": [caption for _, caption in chunk]} if text else {
-            "class_labels": [scene_class(objects) for objects, _ in chunk]}
-        images = pipe(**inputs, num_inference_steps=steps, guidance_scale=guidance_scale, output_type="pt",
-                      generator=torch.Generator(pipe.device).manual_seed(seed + start)).images
+        images = pipe(**scene_inputs(pipe, chunk), num_inference_steps=steps, guidance_scale=guidance_scale,
+                      output_type="pt", generator=torch.Generator(pipe.device).manual_seed(seed + start)).images
         fakes.append(images.cpu() * 2 - 1)  # the oracle reads [-1, 1]
     fake = torch.cat(fakes)
     oracle = load_oracle(scenes.resolution)

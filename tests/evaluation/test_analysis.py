@@ -5,6 +5,7 @@ import json
 
 import pytest
 import torch
+from PIL import Image
 from runs import tiny_run
 
 from film_diffusion import Condition, DiT, UNet
@@ -16,6 +17,7 @@ from film_diffusion.evaluation.analysis import (
     edited_modulation,
     modulated_methods,
 )
+from film_diffusion.grid import LABEL_WIDTH, PAD
 
 METHODS = ["film", {"name": "film", "gamma": "raw"}, "adaln_zero"]
 CASES = [("dit", m) for m in METHODS] + [("unet", "film")]  # the U-Net's FiLM carries the timestep too
@@ -129,6 +131,13 @@ def test_attribute_share_is_one_for_perfect_clusters_and_small_for_none():
     assert attribute_share(torch.randn(100, 4, generator=g), labels) < 0.1
 
 
+def grid_rows(path, count: int) -> list[Image.Image]:
+    """The image part of each row of a ``labelled_grid`` of ``count`` rows (labels cut off)."""
+    grid = Image.open(path)
+    height = (grid.height - PAD) // count
+    return [grid.crop((LABEL_WIDTH, PAD + r * height, grid.width, (r + 1) * height)) for r in range(count)]
+
+
 def test_analyze_a_trained_film_model(tmp_path):
     run = tiny_run(tmp_path / "run", "train.max_steps=3", "data.resolution=32", "model.dit.patch_size=8")
     assert main(["analyze", str(run), "--scenes", "8", "--noise", "0.5"]) == 0
@@ -148,6 +157,9 @@ def test_analyze_a_trained_film_model(tmp_path):
         0 <= share[a] <= 1 + 1e-9 for share in result["clustering"]["film"] for a in share)
     for name in ("histograms.png", "pca_maps.png", "ablations.png"):
         assert (out / name).stat().st_size > 0
+    rows = grid_rows(out / "ablation_samples.png", len(scores))
+    assert rows[1].tobytes() == rows[0].tobytes()  # own values draw the trained model's images, pixel for pixel
+    assert rows[6].tobytes() != rows[0].tobytes()  # noise on gamma changes them
     table = (out / "analysis.md").read_text()
     assert "| gamma := mean |" in table and "| film | blocks.0.attn_norm |" in table
 
