@@ -129,7 +129,8 @@ def group_rows(rows: list[dict], keys: list[str]) -> list[dict]:
             found = [m[key] for m in members if m.get(key) is not None]
             if found:
                 summary[key] = statistics.fmean(found)
-                summary[f"{key}_std"] = statistics.stdev(found) if len(found) > 1 else 0.0
+                if len(found) > 1:  # one seed has no spread to report, not a spread of zero
+                    summary[f"{key}_std"] = statistics.stdev(found)
         out.append(summary)
     return out
 
@@ -180,11 +181,13 @@ def column_title(key: str) -> str:
 
 
 def seed_table(groups: list[dict], group_keys: list[str], columns: list[str]) -> list[str]:
-    """Markdown lines: a row per group of seeds, its ``n``, then ``mean ± std`` of each column."""
+    """Markdown lines: a row per group of seeds, its ``n``, then ``mean ± std`` of each column (the mean alone for
+    a single seed)."""
     lines = [markdown_row([*(k.rsplit(".", 1)[-1] for k in group_keys), "n", *map(column_title, columns)]),
              markdown_row(["---"] * len(group_keys) + ["---:"] * (1 + len(columns)))]
     for g in groups:
-        cells = [f"{format_number(g[k])} ± {format_number(g[f'{k}_std'])}" if k in g else "" for k in columns]
+        cells = ["" if k not in g else f"{format_number(g[k])} ± {format_number(g[f'{k}_std'])}"
+                 if f"{k}_std" in g else format_number(g[k]) for k in columns]
         lines.append(markdown_row([*(str(g[k]) for k in group_keys), str(g["n"]), *cells]))
     return lines
 

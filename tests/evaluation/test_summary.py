@@ -39,6 +39,16 @@ def test_the_table_is_mean_and_sample_std_of_each_group(study, capsys):
     ]
 
 
+def test_a_single_seed_shows_its_value_without_a_spread(tmp_path, capsys):
+    matrix = {"model.conditioning": ["film", "concat"]}
+    rows = [dict(ROWS[0], seed=None), dict(ROWS[2], seed=None)]
+    results = {"matrix": matrix, "runs": rows, "groups": group_rows(rows, list(matrix))}
+    (tmp_path / "results.json").write_text(json.dumps(results))
+    assert main(["summary", str(tmp_path), "position", "fid"]) == 0
+    assert capsys.readouterr().out.splitlines()[2:] == ["| film | 1 | 0.500 | 80.00 |",
+                                                        "| concat | 1 | 0.250 | 100.00 |"]
+
+
 @pytest.mark.parametrize(("args", "message"), [
     (["colour"], "This comparison has no column 'colour'; choose from position, fid, images_per_s."),
     (["cogent/all"], "no column 'cogent/all'"),
