@@ -18,7 +18,7 @@ import time
 import torch
 
 from film_diffusion.data.shapes import ShapesDataset
-from film_diffusion.evaluation.oracle import load_oracle
+from film_diffusion.evaluation.oracle_weights import load_oracle
 
 KEYS = ("count", "color", "shape", "size", "position", "all")
 

@@ -33,7 +33,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from film_diffusion import Condition, DiT, UNet
 from film_diffusion.cpu_memory import keep_freed_memory
-from film_diffusion.evaluation.model_cost import peak_memory_bytes
+from film_diffusion.studies.model_cost import peak_memory_bytes
 
 
 @dataclass
@@ -141,7 +141,7 @@ def make_sample_step(model, call, batch, device, dtype) -> Step:
 
 def step_peak_memory(step: Step, device: torch.device) -> int:
     """Peak memory of a warmed-up step, weights, gradients and optimizer state included (see
-    ``film_diffusion.evaluation.model_cost.peak_memory_bytes``)."""
+    ``film_diffusion.studies.model_cost.peak_memory_bytes``)."""
     return peak_memory_bytes(step.run, device, [step.model, *([step.optimizer] if step.optimizer else [])])
 
 

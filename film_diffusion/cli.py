@@ -22,8 +22,8 @@ def _add_smoke(parser: argparse.ArgumentParser) -> None:
 
 def _train_oracle(args: argparse.Namespace) -> None:
     from film_diffusion.cache import cache_dir
-    from film_diffusion.evaluation.oracle import weights_name
     from film_diffusion.evaluation.oracle_training import evaluate_oracle, train_oracle
+    from film_diffusion.evaluation.oracle_weights import weights_name
 
     output = args.output or cache_dir() / weights_name(args.resolution)
     oracle = train_oracle(args.resolution, steps=args.steps, batch_size=args.batch_size, seed=args.seed,
@@ -98,7 +98,7 @@ def _add_train(parser: argparse.ArgumentParser) -> None:
 
 
 def _compare(args: argparse.Namespace) -> None:
-    from film_diffusion.evaluation.compare import compare
+    from film_diffusion.studies.compare import compare
 
     out = compare(args.config, args.overrides)
     print(f"done: {out / 'results.md'}")
@@ -111,7 +111,7 @@ def _add_compare(parser: argparse.ArgumentParser) -> None:
 
 
 def _analyze(args: argparse.Namespace) -> None:
-    from film_diffusion.evaluation.analysis import analyze
+    from film_diffusion.studies.analysis import analyze
 
     out = analyze(args.run_dir, scenes=args.scenes, noise=tuple(args.noise), out=args.out, device=args.device)
     print(f"done: {out / 'analysis.md'}")
@@ -129,7 +129,7 @@ def _add_analyze(parser: argparse.ArgumentParser) -> None:
 
 
 def _summary(args: argparse.Namespace) -> None:
-    from film_diffusion.evaluation.summary import summary
+    from film_diffusion.studies.summary import summary
 
     print(summary(args.study, args.columns))
 

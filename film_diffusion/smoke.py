@@ -1,7 +1,6 @@
 """A quick end-to-end check of the installation: every conditioning method on both backbones,
 a few AdamW steps on random inputs on the CPU, with the loss printed per model.
-
-It stands in for the main job until the trainer lands; it needs no data and no text encoder.
+It needs no data and no text encoder.
 """
 
 from __future__ import annotations
@@ -12,7 +11,8 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from film_diffusion import Condition, DiT, UNet
+from film_diffusion.backbones import DiT, UNet
+from film_diffusion.conditioning import Condition
 
 METHOD_LISTS = (["film"], ["adaln_zero"], ["cross_attention"], ["concat"], ["adaln_zero", "cross_attention"],
                 ["film", "cross_attention"])

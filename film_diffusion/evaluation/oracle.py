@@ -2,14 +2,11 @@
 whether an object is there and its colour, shape and size), so generated images can be scored
 exactly against the ground truth they were asked to show.
 
-Weights are looked up in the package (``film_diffusion/assets/oracle_<R>.safetensors``, made by
-``film-diffusion train-oracle``), then in the user cache; failing both, the oracle is trained and
-cached. Weights are read and written only as safetensors.
+Weights are read and written only as safetensors; :mod:`.oracle_weights` finds the ones for a resolution.
 """
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -19,15 +16,11 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from film_diffusion.cache import cache_dir
 from film_diffusion.data.render import VERSION as RENDER_VERSION
 from film_diffusion.data.vocabulary import CELLS, COLORS, GRID, SHAPES, SIZES
 from film_diffusion.errors import UserError
 from film_diffusion.evaluation.metrics import frechet_distance
 
-logger = logging.getLogger(__name__)
-
-ASSETS = Path(__file__).resolve().parent.parent / "assets"
 BODY_SIZE = 16  # every input is folded (pixel-unshuffled) to this size, losslessly, before the convolutions
 HEADS = {"occupied": 1, "color": len(COLORS), "shape": len(SHAPES), "size": len(SIZES)}  # logits per cell
 ATTRIBUTES = {"color": COLORS, "shape": SHAPES, "size": SIZES}
@@ -143,7 +136,7 @@ class ShapesOracle(nn.Module):
 
     @classmethod
     def from_file(cls, path: str | Path) -> ShapesOracle:
-        meta = _metadata(path)
+        meta = weights_metadata(path)
         oracle = cls(int(meta["resolution"]), width=int(meta["width"]), hidden=int(meta["hidden"]))
         oracle.load_state_dict(load_file(str(path)))
         return oracle.eval()
@@ -160,28 +153,6 @@ def encode_objects(objects: Sequence[dict]) -> torch.Tensor:
     return table
 
 
-def _metadata(path: str | Path) -> dict[str, str]:
+def weights_metadata(path: str | Path) -> dict[str, str]:
     with safe_open(str(path), framework="pt") as f:
         return f.metadata() or {}
-
-
-def weights_name(resolution: int) -> str:
-    return f"oracle_{resolution}.safetensors"
-
-
-def load_oracle(resolution: int) -> ShapesOracle:
-    """The oracle for ``resolution``: shipped weights, else cached ones, else trained now and cached."""
-    for path in (ASSETS / weights_name(resolution), cache_dir() / weights_name(resolution)):
-        if not path.is_file():
-            continue
-        version = _metadata(path).get("render_version")
-        if version == RENDER_VERSION:
-            return ShapesOracle.from_file(path)
-        logger.warning("Ignoring %s: it was trained on renderer version %s, not %s.", path, version, RENDER_VERSION)
-    from film_diffusion.evaluation.oracle_training import train_oracle
-
-    path = cache_dir() / weights_name(resolution)
-    logger.warning("No oracle for %d px yet; training one on the CPU (a few minutes) into %s.", resolution, path)
-    oracle = train_oracle(resolution)
-    oracle.save(path)
-    return oracle

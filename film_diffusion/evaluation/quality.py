@@ -13,7 +13,7 @@ import torch
 from film_diffusion.data.shapes import ShapesDataset, scene_class
 from film_diffusion.evaluation.clip_score import clip_score
 from film_diffusion.evaluation.metrics import frechet_distance, kernel_distance
-from film_diffusion.evaluation.oracle import load_oracle
+from film_diffusion.evaluation.oracle_weights import load_oracle
 
 
 def held_out_scenes(resolution: int, count: int, seed: int, holdout: list[list[str]] | None,

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from film_diffusion.evaluation.summary import summary
+from film_diffusion.studies.summary import summary
 
 ROOT = Path(__file__).resolve().parents[2]
 DOCUMENTS = [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]

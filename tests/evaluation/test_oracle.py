@@ -8,8 +8,9 @@ from safetensors import safe_open
 from film_diffusion.data.shapes import ShapesDataset
 from film_diffusion.data.vocabulary import CELLS
 from film_diffusion.errors import UserError
-from film_diffusion.evaluation.oracle import ASSETS, ShapesOracle, load_oracle, weights_name
+from film_diffusion.evaluation.oracle import ShapesOracle
 from film_diffusion.evaluation.oracle_training import train_oracle
+from film_diffusion.evaluation.oracle_weights import ASSETS, load_oracle, weights_name
 
 KEYS = {"count", "color", "shape", "size", "position", "all"}
 

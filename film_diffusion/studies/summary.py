@@ -8,8 +8,8 @@ import json
 from pathlib import Path
 
 from film_diffusion.errors import UserError
-from film_diffusion.evaluation.plots import SEED_KEY
-from film_diffusion.evaluation.report import METRICS, OTHER_COLUMNS, seed_table
+from film_diffusion.studies.plots import SEED_KEY
+from film_diffusion.studies.report import METRICS, OTHER_COLUMNS, seed_table
 
 
 def available_columns(groups: list[dict]) -> dict[str, str]:

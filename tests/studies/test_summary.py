@@ -6,7 +6,7 @@ import json
 import pytest
 
 from film_diffusion.cli import main
-from film_diffusion.evaluation.report import group_rows
+from film_diffusion.studies.report import group_rows
 
 ROWS = [
     {"run": "a0", "model.conditioning": "film", "seed": "0", "images_per_s": 100.0, "eval/position": 0.5,

@@ -10,14 +10,14 @@ from runs import tiny_run
 
 from film_diffusion import Condition, DiT, UNet
 from film_diffusion.cli import main
-from film_diffusion.evaluation.analysis import (
+from film_diffusion.grid import LABEL_WIDTH, PAD
+from film_diffusion.studies.analysis import (
     CaptionDrive,
     Modulated,
     attribute_share,
     edited_modulation,
     modulated_methods,
 )
-from film_diffusion.grid import LABEL_WIDTH, PAD
 
 METHODS = ["film", {"name": "film", "gamma": "raw"}, "adaln_zero"]
 CASES = [("dit", m) for m in METHODS] + [("unet", "film")]  # the U-Net's FiLM carries the timestep too

@@ -1,5 +1,5 @@
 """``film-diffusion compare``: a matrix of training runs under one budget, each through the real trainer, then one
-report (see :mod:`film_diffusion.evaluation.report`).
+report (see :mod:`film_diffusion.studies.report`).
 
 A compare config names the experiment every run starts from (``base``, a YAML file, then ``experiment``, keys
 that differ from it) and a ``matrix``: experiment keys, each with a list of values; the runs are every
@@ -12,117 +12,28 @@ its newest complete checkpoint.
 
 from __future__ import annotations
 
-import copy
-import itertools
 import subprocess
 import sys
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
 
 import yaml
 
 from film_diffusion.conditioning import Condition
-from film_diffusion.config import ConfigError, config_to_dict, load_config, read_yaml_mapping
+from film_diffusion.config import ConfigError, config_to_dict
 from film_diffusion.errors import UserError
-from film_diffusion.evaluation.model_cost import matched_width, model_size
-from film_diffusion.evaluation.report import value_pairs, write_report
+from film_diffusion.studies.model_cost import matched_width, model_size
+from film_diffusion.studies.plan import (
+    CompareConfig,
+    PlannedRun,
+    experiment_source,
+    flatten,
+    load_compare,
+    plan_runs,
+    yaml_value,
+)
+from film_diffusion.studies.report import write_report
 from film_diffusion.training.build import build_encoder
 from film_diffusion.training.config import ExperimentConfig, load_experiment
-
-
-@dataclass
-class CompareConfig:
-    output_dir: Path = Path("runs/compare")
-    base: Path | None = None  # an experiment YAML every run starts from (relative to this file); null: the defaults
-    experiment: dict[str, Any] = field(default_factory=dict)  # experiment keys set for every run, over base
-    matrix: dict[str, Any] = field(default_factory=dict)  # experiment key (dotted) -> list of values
-    match: Literal["none", "params", "flops"] = "none"  # size each run's backbone width to a common count
-    launcher: list[str] = field(default_factory=list)  # runs each training, e.g. [accelerate, launch]; [] = python
-    grid_seed: int = 0  # the initial noise of the side-by-side grid
-    report_dir: Path | None = None  # where results.md, results.json, the plots and the grid go; null: output_dir
-
-
-@dataclass
-class PlannedRun:
-    """One cell of the matrix: its name, its matrix values and the experiment it trains."""
-
-    name: str
-    values: dict[str, Any]
-    overrides: list[str]
-    config: ExperimentConfig
-
-    @property
-    def folder(self) -> Path:
-        return Path(self.config.output_dir)
-
-    @property
-    def finished(self) -> bool:
-        return (self.folder / "pipeline" / "model_index.json").is_file()
-
-
-def load_compare(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> CompareConfig:
-    """The compare config with its overrides; ``base`` resolved against the file's folder."""
-    config = load_config(path, CompareConfig, overrides)
-    config.matrix = flatten(config.matrix)
-    if config.base is not None and not config.base.is_absolute():
-        config.base = Path(path).resolve().parent / config.base
-    if not config.matrix:
-        raise ConfigError("Config key 'matrix' is empty; list at least one experiment key with its values, e.g. "
-                          "matrix: {model.conditioning: [[film], [adaln_zero]]}.")
-    for key, values in config.matrix.items():
-        if not isinstance(values, list) or not values:
-            raise ConfigError(f"Config key 'matrix.{key}' must be a non-empty list of values, got {values!r}.")
-        if key == "output_dir":
-            raise ConfigError("Config key 'matrix.output_dir' cannot vary: each run's folder is named from its values.")
-    return config
-
-
-def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    """Nested mappings to dotted keys: ``{model: {backbone: [...]}}`` and ``{model.backbone: [...]}`` are the
-    same matrix."""
-    flat: dict[str, Any] = {}
-    for key, value in tree.items():
-        if isinstance(value, dict):
-            flat |= flatten(value, f"{prefix}{key}.")
-        else:
-            flat[f"{prefix}{key}"] = value
-    return flat
-
-
-def experiment_source(config: CompareConfig) -> dict:
-    """The experiment every run starts from: ``base`` with ``experiment`` merged over it."""
-    base = {}
-    if config.base is not None:
-        if not config.base.is_file():
-            raise ConfigError(f"Config key 'base' is '{config.base}', which is not a file; name an experiment YAML.")
-        base = read_yaml_mapping(config.base, f"Config key 'base': '{config.base}'")
-    return _merge(base, config.experiment)
-
-
-def plan_runs(config: CompareConfig) -> list[PlannedRun]:
-    """Every combination of the matrix values, checked as an experiment config before anything trains."""
-    source = experiment_source(config)
-    keys = list(config.matrix)
-    runs = []
-    for combination in itertools.product(*config.matrix.values()):
-        values = dict(zip(keys, combination, strict=True))
-        name = run_name(values)
-        overrides = [f"{k}={_yaml_value(v)}" for k, v in values.items()]
-        try:
-            experiment = load_experiment(source, [*overrides, f"output_dir={config.output_dir / 'runs' / name}"])
-        except ConfigError as err:
-            raise ConfigError(f"Run '{name}' of the matrix: {err}") from None
-        runs.append(PlannedRun(name, values, overrides, experiment))
-    names = [r.name for r in runs]
-    if len(set(names)) != len(names):
-        raise ConfigError("Two matrix cells get the same run name; make the values of each matrix key distinct.")
-    return runs
-
-
-def run_name(values: dict[str, Any]) -> str:
-    """A folder name from the matrix values: ``conditioning=film+cross_attention_backbone=dit_seed=0``."""
-    return "_".join(value_pairs(values)).replace("/", "-")
 
 
 class ModelInputs:
@@ -173,7 +84,7 @@ def size_runs(runs: list[PlannedRun], measure: str, inputs: ModelInputs) -> dict
             targets[backbone] = (run.name, model_size(config, dims, condition, measure))
         reference, target = targets[backbone]
         width_key, width, size = matched_width(config, target, dims, condition, measure)
-        override = f"{width_key}={_yaml_value(width)}"
+        override = f"{width_key}={yaml_value(width)}"
         run.overrides.append(override)
         run.config = load_experiment(config_to_dict(config), [override])
         sizing[run.name] = {"reference": reference, "target": target, "size": size, "width": width}
@@ -246,18 +157,3 @@ def compare(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Pa
     report = Path(config.report_dir or out)
     report.mkdir(parents=True, exist_ok=True)
     return write_report(report, runs, config, sizing)
-
-
-def _yaml_value(value: Any) -> str:
-    return yaml.safe_dump(value, default_flow_style=True, width=10_000).strip().removesuffix("\n...").strip()
-
-
-def _merge(base: dict, update: dict) -> dict:
-    merged = copy.deepcopy(base)
-    for key, value in update.items():
-        if isinstance(value, dict) and isinstance(merged.get(key), dict):
-            merged[key] = _merge(merged[key], value)
-        else:
-            merged[key] = copy.deepcopy(value)
-    return merged
-

@@ -12,20 +12,18 @@ import json
 import statistics
 from collections import defaultdict
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
 from film_diffusion.errors import UserError
-from film_diffusion.evaluation.model_cost import example_inputs, forward_flops, parameter_counts, training_peak_memory
-from film_diffusion.evaluation.plots import BACKBONE_KEY, SEED_KEY, plot_curves
 from film_diffusion.grid import labelled_grid
 from film_diffusion.sample import load_pipeline
-
-if TYPE_CHECKING:
-    from film_diffusion.evaluation.compare import CompareConfig, PlannedRun
+from film_diffusion.studies.model_cost import example_inputs, forward_flops, parameter_counts, training_peak_memory
+from film_diffusion.studies.plan import CompareConfig, PlannedRun, value_label, value_pairs
+from film_diffusion.studies.plots import BACKBONE_KEY, SEED_KEY, plot_curves
 
 MEASURES = "compare_measures.json"
 SAMPLES = "compare_samples"
@@ -73,25 +71,9 @@ def measure_run(run: PlannedRun, grid_seed: int) -> dict[str, Any]:
     return measures
 
 
-def value_label(value: Any) -> str:
-    """A short label of a matrix value: lists join with ``+``, a method with options reads
-    ``film(placement=after_residual)``."""
-    if isinstance(value, list):
-        return "+".join(value_label(v) for v in value)
-    if isinstance(value, dict):
-        options = ",".join(f"{k}={value_label(v)}" for k, v in value.items() if k != "name")
-        return f"{value.get('name', '')}({options})" if "name" in value else options
-    return str(value)
-
-
 def read_metrics(run: PlannedRun) -> list[dict]:
     """The run's ``metrics.jsonl`` rows."""
     return [json.loads(line) for line in (run.folder / "metrics.jsonl").read_text().splitlines() if line]
-
-
-def value_pairs(values: dict[str, Any]) -> list[str]:
-    """``name=label`` for each matrix value, by the key's last part: ``conditioning=film+cross_attention``."""
-    return [f"{key.rsplit('.', 1)[-1]}={value_label(v)}" for key, v in values.items()]
 
 
 def run_row(run: PlannedRun, rows: list[dict], measures: dict, sizing: dict | None) -> dict[str, Any]:

@@ -10,7 +10,7 @@ from runs import CONFIGS
 from film_diffusion.cli import main
 from film_diffusion.encoders.builtin import builtin_clip
 from film_diffusion.errors import UserError
-from film_diffusion.evaluation import compare as compare_module
+from film_diffusion.studies import compare as compare_module
 
 H, DEPTH, HEADS, PATCH, MLP, RES, C, FREQ = 16, 1, 2, 8, 2.0, 32, 3, 256
 EXPERIMENT = {
