@@ -138,14 +138,13 @@ def max_steps(overrides: list[str]) -> int:
 def score_pipeline(run: Path, overrides: list[str]) -> dict[str, float]:
     """The quickstart's final evaluation of a finished run's pipeline, with other sample settings."""
     from film_diffusion.pipelines import FilmDiffusionPipeline
-    from film_diffusion.pipelines.schedulers import scheduler_from_name
     from film_diffusion.training.config import load_experiment
-    from film_diffusion.training.trainer import evaluate
+    from film_diffusion.training.hooks import evaluate
 
     config = load_experiment(run / "config.yaml", overrides)
     pipe = FilmDiffusionPipeline.from_pretrained(run / "pipeline")
     if config.sample.scheduler:
-        pipe.set_scheduler(scheduler_from_name(config.sample.scheduler, pipe.scheduler))
+        pipe.set_scheduler(config.sample.scheduler)
     return {k.removeprefix("eval/"): v for k, v in evaluate(pipe, config).items()}
 
 

@@ -38,7 +38,8 @@ from film_diffusion.data.collate import collate
 from film_diffusion.data.shapes import NUM_SCENE_CLASSES
 from film_diffusion.training.build import build_dataset, build_denoiser, build_encoder
 from film_diffusion.training.config import ExperimentConfig, load_experiment
-from film_diffusion.training.trainer import ConditionMaker, train
+from film_diffusion.training.inputs import ConditionMaker
+from film_diffusion.training.trainer import train
 
 ROOT = Path(__file__).resolve().parent.parent
 LABELS = ["condition.source=class_labels", f"condition.num_classes={NUM_SCENE_CLASSES}",

@@ -6,7 +6,8 @@ import json
 from pathlib import Path
 
 from film_diffusion.training.config import ExperimentConfig, load_experiment
-from film_diffusion.training.trainer import WALL_CLOCK, train
+from film_diffusion.training.run_folder import WALL_CLOCK
+from film_diffusion.training.trainer import train
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "configs"

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,11 +24,12 @@ from safetensors.torch import save_file
 from tqdm.auto import tqdm
 from transformers import get_cosine_schedule_with_warmup
 
+from film_diffusion.atomic import written
 from film_diffusion.config import config_to_dict, load_config
-from film_diffusion.data.captions import TEMPLATES, caption
+from film_diffusion.data.captions import TEMPLATES, caption, caption_words
 from film_diffusion.data.render import render
 from film_diffusion.data.shapes import ShapesDataset, to_tensor
-from film_diffusion.encoders.clip_openclip import CONFIG_FILE, LOCAL_DIR, WEIGHTS_FILE, OpenCLIP
+from film_diffusion.encoders.clip_openclip import CONFIG_FILE, LOCAL_DIR, WEIGHTS_FILE, WORDS_FILE, OpenCLIP
 from film_diffusion.encoders.clip_retrieval import evaluate_clip
 from film_diffusion.encoders.counterfactuals import ATTRIBUTES, variants
 from film_diffusion.errors import UserError
@@ -102,6 +102,8 @@ def pretrain_clip(config: PretrainClipConfig) -> Path:
     preprocess = {"size": config.data.resolution, "mean": [0.5] * 3, "std": [0.5] * 3}
     (out / CONFIG_FILE).write_text(json.dumps({"model_cfg": config.model, "preprocess_cfg": preprocess}, indent=2))
     (out / "pretrain_clip.yaml").write_text(yaml.safe_dump(config_to_dict(config) | {"output_dir": str(out)}))
+    # every word its captions can hold: the encoder warns about others (it has never read them)
+    (out / WORDS_FILE).write_text(json.dumps(sorted(caption_words(config.data.max_objects))) + "\n")
 
     torch.manual_seed(config.train.seed)
     device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -111,8 +113,8 @@ def pretrain_clip(config: PretrainClipConfig) -> Path:
     seconds = time.perf_counter() - start
 
     state = {k: v.to(getattr(torch, config.save_dtype)).contiguous() for k, v in encoder.model.state_dict().items()}
-    save_file(state, out / (WEIGHTS_FILE + ".partial"))
-    os.replace(out / (WEIGHTS_FILE + ".partial"), out / WEIGHTS_FILE)  # never leave a half-written checkpoint
+    with written(out / WEIGHTS_FILE) as partial:  # never leave a half-written checkpoint
+        save_file(state, partial)
 
     frozen = OpenCLIP(f"{LOCAL_DIR}{out}").to(device)
     held_out = ShapesDataset(config.data.resolution, config.eval.split, config.data.seed, config.data.max_objects)

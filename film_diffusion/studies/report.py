@@ -18,6 +18,7 @@ import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
+from film_diffusion.atomic import write_text
 from film_diffusion.errors import UserError
 from film_diffusion.grid import labelled_grid
 from film_diffusion.sample import load_pipeline
@@ -65,9 +66,7 @@ def measure_run(run: PlannedRun, grid_seed: int) -> dict[str, Any]:
     (run.folder / SAMPLES).mkdir(exist_ok=True)
     for i, image in enumerate(images):
         image.save(run.folder / SAMPLES / f"{i:02d}.png")
-    partial = cached.with_name(cached.name + ".partial")  # written whole, then renamed: never a torn file
-    partial.write_text(json.dumps(measures, indent=1) + "\n")
-    partial.replace(cached)
+    write_text(cached, json.dumps(measures, indent=1) + "\n")  # never a torn file
     return measures
 
 

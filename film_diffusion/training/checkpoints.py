@@ -1,4 +1,5 @@
-"""Checkpoints that are either complete or ignored: written under a temporary name, renamed when done.
+"""Checkpoints that are either complete or ignored: written under a temporary name, renamed when done
+(:mod:`film_diffusion.atomic`).
 
 A checkpoint is Accelerate's ``save_state`` (model weights as safetensors, optimizer, RNG states) plus the
 run's own state, written here without pickle: every tensor (the EMA weights, the generator state) in
@@ -23,14 +24,12 @@ from accelerate import Accelerator
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from film_diffusion.atomic import partial_path, publish, remove_folder
 from film_diffusion.errors import DISK_FULL, UserError, first_line
 from film_diffusion.integrity import verify, write_manifest
 
 CHECKPOINTS = "checkpoints"
 COMPLETE = re.compile(r"checkpoint-(\d+)")
-PARTIAL_SUFFIX = ".partial"
-OLD_SUFFIX = ".old"
-DELETING_SUFFIX = ".deleting"
 DISK_FULL_WORDS = [f"os error {code}" for code in sorted(DISK_FULL)] + [os.strerror(code) for code in sorted(DISK_FULL)]
 STATE_TENSORS = "run_state.safetensors"
 STATE_VALUES = "run_state.json"
@@ -54,7 +53,7 @@ def save_checkpoint(accelerator: Accelerator, run: Path, step: int, keep: int | 
     written and the manifest is complete, then drop the oldest complete ones beyond ``keep``. ``state``
     names the run's own objects. A full disk removes the partial folder and says so; older checkpoints stay."""
     final = run / CHECKPOINTS / f"checkpoint-{step}"
-    partial = final.with_name(final.name + PARTIAL_SUFFIX)
+    partial = partial_path(final)
     try:
         if accelerator.is_local_main_process:  # each node's (a multi-node run needs a shared file system)
             if partial.exists():
@@ -88,28 +87,6 @@ def save_checkpoint(accelerator: Accelerator, run: Path, step: int, keep: int | 
 def _disk_full(err: BaseException) -> bool:
     """Whether a failed write ran out of room: the OS's error, or its words inside safetensors' own error."""
     return getattr(err, "errno", None) in DISK_FULL or any(words in str(err) for words in DISK_FULL_WORDS)
-
-
-def remove_folder(folder: Path) -> None:
-    """Rename first, then delete: a kill mid-way leaves a ``.deleting`` folder, never a half-deleted one under
-    a checkpoint's name."""
-    doomed = folder.with_name(folder.name + DELETING_SUFFIX)
-    os.replace(folder, doomed)
-    shutil.rmtree(doomed)
-
-
-def clean_leftovers(folder: Path) -> list[Path]:
-    """Remove what a kill can leave in ``folder`` (``.partial`` writes, ``.deleting`` removals, ``.old`` copies
-    that were being replaced) and return what was removed. An ``.old`` folder whose final name is missing (a kill
-    between the two renames of :func:`publish`) is the only complete copy: it gets its name back."""
-    removed = []
-    for path in sorted(folder.glob("*")) if folder.is_dir() else []:
-        if path.name.endswith(OLD_SUFFIX) and not path.with_name(path.name.removesuffix(OLD_SUFFIX)).exists():
-            os.replace(path, path.with_name(path.name.removesuffix(OLD_SUFFIX)))
-        elif path.name.endswith((PARTIAL_SUFFIX, OLD_SUFFIX, DELETING_SUFFIX)):
-            shutil.rmtree(path) if path.is_dir() else path.unlink()
-            removed.append(path)
-    return removed
 
 
 def save_run_state(folder: Path, state: Mapping[str, Stateful]) -> None:
@@ -158,20 +135,6 @@ def _join(value: Any, tensors: dict[str, torch.Tensor], device: torch.device) ->
     if isinstance(value, list):
         return [_join(v, tensors, device) for v in value]
     return value
-
-
-def publish(partial: Path, final: Path) -> None:
-    """Give a completely written folder its final name. A folder already there (the same step saved by a
-    run that was resumed and stopped again) is first moved aside, so that a kill at any moment leaves a
-    complete folder under the final name or none."""
-    old = final.with_name(final.name + OLD_SUFFIX)
-    if old.exists():
-        shutil.rmtree(old)
-    if final.exists():
-        os.replace(final, old)
-    os.replace(partial, final)
-    if old.exists():
-        shutil.rmtree(old)
 
 
 def resolve_resume(run: Path, resume: str | None) -> tuple[Path | None, list[str]]:

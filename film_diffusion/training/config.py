@@ -15,6 +15,7 @@ from typing import Any, Literal
 
 from film_diffusion.config import ConfigError, load_config
 from film_diffusion.encoders.null import NULL_CONDITIONS
+from film_diffusion.pipelines.pipeline_film_diffusion import DEFAULT_GUIDANCE_SCALE, DEFAULT_STEPS
 
 
 @dataclass
@@ -118,7 +119,10 @@ class TrainConfig:
     mixed_precision: Literal["no", "bf16", "fp16"] = "bf16"
     gradient_checkpointing: bool = False  # recompute block activations in the backward pass: less memory
     compile: bool = False  # torch.compile the denoiser
-    ema_decay: float = 0.999
+    ema_decay: float = 0.999  # the EMA's decay; with ema_warmup, its ceiling
+    # True: diffusers' EMAModel warm-up, the n-th update's decay is min(ema_decay, n / (n + 9)) (0.9955 at n = 2,000;
+    # 0.999 from n = 8,991); False: ema_decay from the first update (the initial weights then fade as ema_decay^n)
+    ema_warmup: bool = True
     caption_dropout: float = 0.1  # share of training examples given the null condition (for guidance)
     null_condition: str = "empty_caption"  # empty_caption | learned | zeros (text); class models: the null class
     log_every: int = 50
@@ -131,11 +135,11 @@ class TrainConfig:
 @dataclass
 class SampleConfig:
     scheduler: str | None = None  # the pipeline's scheduler by name; None: ddim, or flow_euler for flow
-    steps: int = 20  # 20 steps scored as well as 50 on the quickstart (benchmarks/quickstart_sweep.py)
-    guidance_scale: float = 2.0
-    captions: list[str] = field(default_factory=lambda: [
-        "a big red circle at the top left", "a small blue square in the centre", "a big green star at the bottom right",
-        "a small yellow triangle at the top right"])  # text models: the grid's rows
+    steps: int = DEFAULT_STEPS  # 20: scored as well as 50 on the quickstart (benchmarks/quickstart_sweep.py)
+    guidance_scale: float = DEFAULT_GUIDANCE_SCALE  # 2: classifier-free guidance (1: none)
+    captions: list[str] = field(default_factory=lambda: [  # text models: the grid's rows
+        "a large red circle at the top left", "a small blue square in the center",
+        "a large green star at the bottom right", "a small yellow triangle at the top right"])
     class_labels: list[int] = field(default_factory=lambda: [0, 1, 2, 3])  # class models: the grid's rows
     per_caption: int = 4  # images per row
 

@@ -19,21 +19,21 @@ from film_diffusion.cli import main
 from film_diffusion.config import config_to_dict
 from film_diffusion.errors import UserError
 from film_diffusion.integrity import verify
-from film_diffusion.training import checkpoints, trainer
+from film_diffusion.training import checkpoints, progress, trainer
 
 RUN = ["train.max_steps=6", "train.checkpoint_every=1", "train.checkpoints_total_limit=null"]
 
 
 def poison(monkeypatch, steps: set[int]) -> None:
     """The images of the batches of ``steps`` become NaN (one micro-batch per step)."""
-    original, calls = trainer._latents, [0]
+    original, calls = trainer.clean_latents, [0]
 
     def poisoned(vae, batch, random, device):
         calls[0] += 1
         x0 = original(vae, batch, random, device)
         return torch.full_like(x0, float("nan")) if calls[0] in steps else x0
 
-    monkeypatch.setattr(trainer, "_latents", poisoned)
+    monkeypatch.setattr(trainer, "clean_latents", poisoned)
 
 
 def weights(run, step):
@@ -121,10 +121,10 @@ def test_what_counts_as_non_finite():
     """Outside fp16 an infinite gradient norm stops (or skips) a step; under fp16 it is the gradient scaler's to
     handle (it skips that step and lowers the scale), so only the loss counts there."""
     inf = torch.tensor(float("inf"))
-    assert trainer.nonfinite(0.5, torch.tensor(1.0), scaled=False) is None
-    assert trainer.nonfinite(float("nan"), None, scaled=True) == "loss became nan"
-    assert trainer.nonfinite(0.5, inf, scaled=False) == "gradient norm became inf"
-    assert trainer.nonfinite(0.5, inf, scaled=True) is None
+    assert progress.nonfinite(0.5, torch.tensor(1.0), scaled=False) is None
+    assert progress.nonfinite(float("nan"), None, scaled=True) == "loss became nan"
+    assert progress.nonfinite(0.5, inf, scaled=False) == "gradient norm became inf"
+    assert progress.nonfinite(0.5, inf, scaled=True) is None
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="fp16 training needs a GPU")

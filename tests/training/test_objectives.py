@@ -7,7 +7,7 @@ from diffusers import DDPMScheduler
 from film_diffusion.training.config import ObjectiveConfig
 from film_diffusion.training.objectives import diffusion_loss, noise_scheduler, noisy_batch, vb_term
 from film_diffusion.training.randomness import ShardedRandom
-from film_diffusion.training.trainer import StreamSampler
+from film_diffusion.training.streams import StreamSampler
 
 
 def x0(batch: int = 6) -> torch.Tensor:

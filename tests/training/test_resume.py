@@ -9,7 +9,7 @@ from runs import metric_rows, tiny_run
 from safetensors.torch import load_file
 
 from film_diffusion.errors import UserError
-from film_diffusion.training import trainer
+from film_diffusion.training import hooks
 from film_diffusion.training.checkpoints import save_checkpoint
 
 # 6 optimizer steps of 2 accumulated micro-batches over 24 scenes: epochs end mid-step-run, so the resume
@@ -31,7 +31,7 @@ def kill_after_checkpoint(monkeypatch, step: int) -> None:
             raise Killed
         return path
 
-    monkeypatch.setattr(trainer, "save_checkpoint", save_then_die)
+    monkeypatch.setattr(hooks, "save_checkpoint", save_then_die)
 
 
 def states(run):
@@ -98,7 +98,7 @@ def test_random_flips_and_crops_of_a_folder_resume_exactly(tmp_path, monkeypatch
 
 def test_seeded_items_repeat_an_augmentation_by_stream_position(tiny_image_folder):
     from film_diffusion.data.folder import ImageFolderDataset
-    from film_diffusion.training.trainer import SeededItems
+    from film_diffusion.training.streams import SeededItems
 
     items = SeededItems(ImageFolderDataset(tiny_image_folder, 16, center_crop=False, random_flip=True), seed=0)
     torch.manual_seed(123)  # the global RNG's state does not matter

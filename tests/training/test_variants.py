@@ -9,7 +9,7 @@ from runs import tiny_run
 
 from film_diffusion.errors import UserError
 from film_diffusion.pipelines import FilmDiffusionPipeline
-from film_diffusion.training import trainer
+from film_diffusion.training import hooks, trainer
 
 
 def sample(run, **inputs) -> torch.Tensor:
@@ -27,7 +27,7 @@ def test_each_objective_trains_and_samples_with_its_scheduler(objective, schedul
     assert config["_class_name"] == scheduler
     if objective != "flow":
         assert config["prediction_type"] == {"epsilon": "epsilon", "v": "v_prediction"}[objective]
-    images = sample(run, prompt=["a big red circle at the top left"])
+    images = sample(run, prompt=["a large red circle at the top left"])
     assert images.shape == (1, 3, 16, 16) and torch.isfinite(images).all()
 
 
@@ -69,7 +69,8 @@ def test_sample_grids_and_evaluation_use_the_ema_and_put_the_training_weights_ba
         after = model.state_dict()
         swaps.append((before, after, inside, [s.clone() for s in ema.shadow_params], model.training))
 
-    monkeypatch.setattr(trainer, "ema_weights", spy)
+    monkeypatch.setattr(trainer, "ema_weights", spy)  # the final pipeline
+    monkeypatch.setattr(hooks, "ema_weights", spy)  # grids and evaluation
     run = tiny_run(tmp_path / "run", "train.max_steps=2", "train.sample_every=2", "train.eval_every=2",
                    "train.ema_decay=0.5", "data.resolution=32", "eval.scenes=4")
     assert (run / "samples" / "step-000002.png").is_file()
