@@ -1,5 +1,11 @@
-"""The ``film-diffusion`` command. Each subcommand is a small function here that defers to the module
-that does the work; user errors are printed as one line, never as a traceback."""
+"""film-diffusion: train diffusion models conditioned by FiLM, adaLN-Zero, cross-attention or concatenation on a DiT
+or a U-Net, sample from them, and compare the methods side by side on built-in scenes that an oracle scores.
+
+Start with `film-diffusion train configs/quickstart.yaml`; `film-diffusion COMMAND --help` describes each command.
+"""
+
+# Each subcommand is a small function here that defers to the module that does the work; user errors are printed
+# as one line, never as a traceback.
 
 from __future__ import annotations
 
@@ -59,7 +65,7 @@ def _sample(args: argparse.Namespace) -> None:
     from film_diffusion.sample import run_sample
 
     out = run_sample(args.path, prompts=args.prompt, prompts_file=args.prompts_file, class_labels=args.class_label,
-                     steps=args.steps, cfg=args.cfg, scheduler=args.scheduler, seed=args.seed,
+                     steps=args.steps, guidance_scale=args.guidance_scale, scheduler=args.scheduler, seed=args.seed,
                      num_per_prompt=args.num_per_prompt, out=args.out, device=args.device)
     print(f"wrote {out} and its images in {out.with_suffix('')}/")
 
@@ -70,9 +76,10 @@ def _add_sample(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--prompts-file", help="a UTF-8 text file with one caption per line")
     parser.add_argument("--class-label", type=int, nargs="+", action="extend", default=[], metavar="K",
                         help="class ids to sample, for a class-conditional model")
-    parser.add_argument("--steps", type=int, default=50, help="sampling steps (default 50)")
-    parser.add_argument("--cfg", type=float, default=4.0, help="classifier-free guidance scale; 1 turns it off "
-                        "(default 4)")
+    parser.add_argument("--steps", type=int, help="sampling steps (default: the folder's; a run's pipeline keeps "
+                        "its sample.steps)")
+    parser.add_argument("--guidance-scale", type=float, help="classifier-free guidance scale; 1 turns it off "
+                        "(default: the folder's; a run's pipeline keeps its sample.guidance_scale)")
     parser.add_argument("--scheduler", help="sampler: ddpm, ddim, dpm++, euler, euler_a, unipc, flow_euler or a "
                         "diffusers class name (default: the one saved in the folder)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the initial noise (default 0)")
@@ -86,8 +93,10 @@ def _train(args: argparse.Namespace) -> None:
     from film_diffusion.training.config import load_experiment
     from film_diffusion.training.trainer import train
 
-    run = train(load_experiment(args.config, args.overrides), resume=args.resume)
-    print(f"done: {run} (sample with: film-diffusion sample {run} --prompt ...)")
+    config = load_experiment(args.config, args.overrides)
+    run = train(config, resume=args.resume)
+    inputs = "--class-label K" if config.condition.source == "class_labels" else '--prompt "a caption"'
+    print(f"done: {run} (sample with: film-diffusion sample {run} {inputs})")
 
 
 def _add_train(parser: argparse.ArgumentParser) -> None:
@@ -191,7 +200,8 @@ COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Callab
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="film-diffusion", description=__doc__)
+    parser = argparse.ArgumentParser(prog="film-diffusion", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, (help_text, add_arguments, run) in COMMANDS.items():
         command = sub.add_parser(name, help=help_text, description=help_text)

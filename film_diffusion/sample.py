@@ -89,16 +89,18 @@ def without_control_characters(text: str) -> str:
 
 
 def run_sample(path: str | Path, prompts: Sequence[str] = (), prompts_file: str | Path | None = None,
-               class_labels: Sequence[int] = (), steps: int = 50, cfg: float = 4.0, scheduler: str | None = None,
+               class_labels: Sequence[int] = (), steps: int | None = None, guidance_scale: float | None = None,
+               scheduler: str | None = None,
                seed: int = 0, num_per_prompt: int = 4, out: str | Path = "samples.png",
                device: str | None = None) -> Path:
     """Sample ``num_per_prompt`` images per caption (or class label), write the labelled grid to ``out`` and
-    each image into the folder named after it (``samples.png`` -> ``samples/000_00.png``). The same seed
-    gives the same bytes."""
+    each image into the folder named after it (``samples.png`` -> ``samples/000_00.png``). ``steps`` and
+    ``guidance_scale`` default to the folder's (a run's pipeline samples as the run did). The same seed gives the
+    same bytes."""
     captions = read_prompts(prompts, prompts_file)
     if not captions and not class_labels:
         raise UserError("Nothing to sample: pass --prompt TEXT (or --prompts-file FILE), or --class-label K.")
-    if steps < 1 or num_per_prompt < 1:
+    if (steps is not None and steps < 1) or num_per_prompt < 1:
         raise UserError("--steps and --num-per-prompt must be at least 1.")
     out = Path(out)
     if out.suffix.lower() not in (".png", ".jpg", ".jpeg"):
@@ -114,7 +116,8 @@ def run_sample(path: str | Path, prompts: Sequence[str] = (), prompts_file: str 
         condition["prompt"] = captions
     if class_labels:
         condition["class_labels"] = list(class_labels)
-    images = pipe(**condition, num_inference_steps=steps, guidance_scale=cfg, num_images_per_prompt=num_per_prompt,
+    images = pipe(**condition, num_inference_steps=steps, guidance_scale=guidance_scale,
+                  num_images_per_prompt=num_per_prompt,
                   generator=torch.Generator(device).manual_seed(seed)).images
     labels = _row_labels(captions, class_labels)
     rows = [images[i * num_per_prompt:(i + 1) * num_per_prompt] for i in range(len(labels))]

@@ -29,6 +29,11 @@ from film_diffusion.errors import UserError
 from film_diffusion.pipelines.schedulers import check_scheduler, scheduler_from_name, takes_learned_variance
 
 OUTPUT_TYPES = ("pil", "np", "pt", "latent")
+DEFAULT_STEPS = 20
+DEFAULT_GUIDANCE_SCALE = 2.0
+"""What a pipeline samples with when neither its folder nor the call says otherwise, and the defaults of an
+experiment's ``sample.steps`` / ``sample.guidance_scale``: one default for each, everywhere (the quickstart's
+sweep measured 20 steps as good as 50, and guidance 2 best among those it tried)."""
 
 NATIVE_LOADER_FILE = "pipeline.py"
 NATIVE_LOADER_SOURCE = '''"""Lets diffusers' own loader open this folder (film-diffusion must be installed):
@@ -62,19 +67,25 @@ class FilmDiffusionPipeline(DiffusionPipeline):
         null_condition: the text model's unconditional input, as in training: ``empty_caption``, ``zeros``
             or ``learned`` (the denoiser's own, see ``film_diffusion.encoders.null``). A class-label model
             uses its null class.
+        num_inference_steps, guidance_scale: what ``__call__`` uses when not told otherwise; saved with the
+            folder (the trainer records its run's ``sample.steps`` and ``sample.guidance_scale``, so a run's
+            pipeline samples as the run was scored).
     """
 
     model_cpu_offload_seq = "text_encoder->denoiser->vae"
     _optional_components = ["text_encoder", "vae"]
 
     def __init__(self, denoiser: DiT | UNet, scheduler: SchedulerMixin, text_encoder: TextEncoder | None = None,
-                 vae: AutoencoderKL | None = None, null_condition: str = "empty_caption"):
+                 vae: AutoencoderKL | None = None, null_condition: str = "empty_caption",
+                 num_inference_steps: int = DEFAULT_STEPS, guidance_scale: float = DEFAULT_GUIDANCE_SCALE):
         super().__init__()
         check_null_condition(null_condition, denoiser.conditioner.learned_null)
+        _check_sampling(num_inference_steps, guidance_scale)
         check_scheduler(scheduler)
         _check_components(denoiser, text_encoder)
         self.register_modules(denoiser=denoiser, scheduler=scheduler, text_encoder=text_encoder, vae=vae)
-        self.register_to_config(null_condition=null_condition)
+        self.register_to_config(null_condition=null_condition, num_inference_steps=num_inference_steps,
+                                guidance_scale=guidance_scale)
         scale = 2 ** (len(vae.config.block_out_channels) - 1) if vae is not None else 1
         self.image_processor = VaeImageProcessor(vae_scale_factor=scale, do_normalize=True)
 
@@ -94,12 +105,18 @@ class FilmDiffusionPipeline(DiffusionPipeline):
     def set_scheduler(self, scheduler: str | SchedulerMixin) -> None:
         """Sample with another scheduler: a short name (``"ddim"``, ``"dpm++"``, see ``SCHEDULERS``) or a
         diffusers class name, built from the saved scheduler's config so the prediction type and noise
-        schedule carry over, or a scheduler object, used as it is."""
+        schedule carry over (and a learned variance reaches the schedulers that read it), or a scheduler object,
+        used as it is."""
         if isinstance(scheduler, str):
-            scheduler = scheduler_from_name(scheduler, self.scheduler)
+            scheduler = scheduler_from_name(scheduler, self.scheduler, learned_variance=self.learns_variance)
         else:
             check_scheduler(scheduler, self.scheduler)
         self.scheduler = scheduler
+
+    @property
+    def learns_variance(self) -> bool:
+        """Whether the denoiser predicts a variance beside its output (a ``learn_sigma`` DiT)."""
+        return bool(self.denoiser.config.get("learn_sigma", False))
 
     @torch.no_grad()
     def __call__(
@@ -107,8 +124,8 @@ class FilmDiffusionPipeline(DiffusionPipeline):
         prompt: str | Sequence[str] | None = None,
         class_labels: int | Sequence[int] | torch.Tensor | None = None,
         negative_prompt: str | Sequence[str] | None = None,
-        num_inference_steps: int = 50,
-        guidance_scale: float = 4.0,
+        num_inference_steps: int | None = None,
+        guidance_scale: float | None = None,
         num_images_per_prompt: int = 1,
         generator: torch.Generator | list[torch.Generator] | None = None,
         latents: torch.Tensor | None = None,
@@ -117,15 +134,20 @@ class FilmDiffusionPipeline(DiffusionPipeline):
     ) -> ImagePipelineOutput | tuple:
         """Generate ``num_images_per_prompt`` images for each prompt (or class label).
 
-        Guidance runs when ``guidance_scale > 1``: ``uncond + scale * (cond - uncond)`` on every predicted
-        channel; a learned-sigma model's variance comes from the conditional half and goes to schedulers
-        that read it. ``latents`` is the initial noise ``[B, C, h, w]``; it is scaled by the scheduler's
-        ``init_noise_sigma``. ``output_type="pt"`` gives ``[B, 3, H, W]`` in [0, 1].
+        ``num_inference_steps`` and ``guidance_scale`` default to the folder's (``self.config``): for a trained
+        run, the steps and guidance it was sampled and scored with. Guidance runs when ``guidance_scale > 1``:
+        ``uncond + scale * (cond - uncond)`` on every predicted channel; a learned-sigma model's variance comes
+        from the conditional half and goes to schedulers that read it. ``latents`` is the initial noise
+        ``[B, C, h, w]``; it is scaled by the scheduler's ``init_noise_sigma``. ``output_type="pt"`` gives
+        ``[B, 3, H, W]`` in [0, 1].
         """
         if output_type not in OUTPUT_TYPES:
             raise UserError(f"output_type={output_type!r} is not supported; choose one of {', '.join(OUTPUT_TYPES)}.")
-        if num_inference_steps < 1 or num_images_per_prompt < 1:
-            raise UserError("num_inference_steps and num_images_per_prompt must be at least 1.")
+        num_inference_steps = self.config.num_inference_steps if num_inference_steps is None else num_inference_steps
+        guidance_scale = self.config.guidance_scale if guidance_scale is None else guidance_scale
+        _check_sampling(num_inference_steps, guidance_scale)
+        if num_images_per_prompt < 1:
+            raise UserError("num_images_per_prompt must be at least 1.")
         device = self._execution_device
         cond, uncond = self._model_inputs(prompt, class_labels, negative_prompt, num_images_per_prompt, device)
         batch = _batch_size(cond)
@@ -236,6 +258,13 @@ class FilmDiffusionPipeline(DiffusionPipeline):
             return latents
         latents = latents / self.vae.config.scaling_factor + (self.vae.config.get("shift_factor") or 0.0)
         return self.vae.decode(latents.to(self.vae.dtype)).sample.float()
+
+
+def _check_sampling(num_inference_steps: int, guidance_scale: float) -> None:
+    if not isinstance(num_inference_steps, int) or num_inference_steps < 1:
+        raise UserError(f"num_inference_steps must be an integer of at least 1, got {num_inference_steps!r}.")
+    if not guidance_scale >= 0:
+        raise UserError(f"guidance_scale must be 0 or more (1 turns guidance off), got {guidance_scale!r}.")
 
 
 def _check_components(denoiser: DiT | UNet, text_encoder: TextEncoder | None) -> None:

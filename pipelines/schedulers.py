@@ -78,11 +78,15 @@ def check_scheduler(scheduler: SchedulerMixin, model_scheduler: SchedulerMixin |
                         f"{type(model_scheduler).__name__}); choose one of {', '.join(matching)}.")
 
 
-def scheduler_from_name(name: str, current: SchedulerMixin) -> SchedulerMixin:
+def scheduler_from_name(name: str, current: SchedulerMixin, learned_variance: bool) -> SchedulerMixin:
     """A new scheduler of the kind ``name`` (a short name above or a diffusers class name), built from
     ``current``'s config. A flow-matching model needs a flow-matching scheduler and a diffusion model a
-    diffusion one: crossing over is refused, since the model's prediction would be misread. A learned
-    variance in the saved config reaches only the schedulers that read it correctly (``VARIANCE_READERS``)."""
+    diffusion one: crossing over is refused, since the model's prediction would be misread.
+
+    ``learned_variance``: whether the model predicts a variance (a ``learn_sigma`` DiT). It decides the new
+    scheduler's ``variance_type``, not ``current``'s config, which an earlier swap may have cleared: the schedulers
+    that read a learned variance correctly (``VARIANCE_READERS``) get ``learned_range``, the others ``None`` (the
+    pipeline then gives them the epsilon half)."""
     if name in SCHEDULERS:
         cls, options = SCHEDULERS[name]
     else:
@@ -92,6 +96,8 @@ def scheduler_from_name(name: str, current: SchedulerMixin) -> SchedulerMixin:
                             "scheduler class name such as 'DDIMScheduler'.")
     if _has_variance_type(cls) and cls.__name__ not in VARIANCE_READERS:
         options = {**options, "variance_type": None}
+    elif cls.__name__ in VARIANCE_READERS and (learned_variance or _set_to_learned_variance(current)):
+        options = {**options, "variance_type": "learned_range" if learned_variance else None}
     scheduler = cls.from_config(current.config, **options)
     check_scheduler(scheduler, current)
     return scheduler

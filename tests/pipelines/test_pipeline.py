@@ -9,8 +9,9 @@ from film_diffusion.conditioning import Condition
 from film_diffusion.encoders import TransformersCLIP
 from film_diffusion.errors import UserError
 from film_diffusion.pipelines import FilmDiffusionPipeline
+from film_diffusion.training.config import SampleConfig
 
-PROMPTS = ["a big red circle at the top left", "a small blue square"]
+PROMPTS = ["a large red circle at the top left", "a small blue square"]
 
 
 def plain_loop(model, scheduler, cond: dict, uncond: dict, x: torch.Tensor, steps: int, scale: float) -> torch.Tensor:
@@ -214,3 +215,25 @@ def test_wrong_inputs_are_one_sentence_naming_the_fix(tiny_transformers_clip):
     for call, message in cases:
         with pytest.raises(UserError, match=message):
             call()
+
+
+def test_a_pipeline_samples_with_its_saved_steps_and_guidance_unless_told_otherwise(tmp_path):
+    """The folder records how its run samples: a call without steps or guidance uses the saved ones, exactly as
+    passing them does; a pipeline built without them takes the one default of each, which experiments share."""
+    pipe = builtin_text_pipeline("dit")
+    assert (pipe.config.num_inference_steps, pipe.config.guidance_scale) == (20, 2.0)
+    assert (SampleConfig().steps, SampleConfig().guidance_scale) == (20, 2.0)
+    pipe = FilmDiffusionPipeline(pipe.denoiser, pipe.scheduler, text_encoder=pipe.text_encoder,
+                                 num_inference_steps=3, guidance_scale=2.0)
+    pipe.save_pretrained(tmp_path / "saved")
+    loaded = FilmDiffusionPipeline.from_pretrained(tmp_path / "saved")
+    assert (loaded.config.num_inference_steps, loaded.config.guidance_scale) == (3, 2.0)
+
+    def images(**kwargs):
+        return loaded(prompt=PROMPTS, output_type="pt", generator=torch.Generator().manual_seed(0), **kwargs).images
+
+    assert torch.equal(images(), images(num_inference_steps=3, guidance_scale=2.0))
+    assert not torch.equal(images(), images(num_inference_steps=4, guidance_scale=2.0))
+    assert not torch.equal(images(), images(num_inference_steps=3, guidance_scale=4.0))
+    with pytest.raises(UserError, match="num_inference_steps must be an integer of at least 1, got 0"):
+        FilmDiffusionPipeline(pipe.denoiser, pipe.scheduler, text_encoder=pipe.text_encoder, num_inference_steps=0)

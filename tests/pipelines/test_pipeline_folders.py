@@ -17,14 +17,14 @@ def images(pipe, **kwargs) -> torch.Tensor:
 
 
 def dit_builtin_clip():
-    return builtin_text_pipeline("dit"), {"prompt": ["a big red circle", "a small blue star"]}
+    return builtin_text_pipeline("dit"), {"prompt": ["a large red circle", "a small blue star"]}
 
 
 def unet_tiny_transformers_clip(clip_folder):
     encoder = TransformersCLIP(clip_folder)
     pipe = FilmDiffusionPipeline(text_denoiser("unet", encoder), EulerDiscreteScheduler(), text_encoder=encoder,
                                  null_condition="zeros")
-    return pipe, {"prompt": ["a big red circle", "a small blue star"]}
+    return pipe, {"prompt": ["a large red circle", "a small blue star"]}
 
 
 def class_dit():

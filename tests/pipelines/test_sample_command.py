@@ -29,7 +29,7 @@ def class_folder(tmp_path_factory):
 def test_sample_writes_the_grid_and_each_image_and_repeats_bytes(text_folder, tmp_path, capsys):
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("a small blue star\n\n  a green triangle at the bottom  \n")
-    args = [str(text_folder.parent), "--prompt", "a big red circle", "--prompts-file", str(prompts), "--steps", "3",
+    args = [str(text_folder.parent), "--prompt", "a large red circle", "--prompts-file", str(prompts), "--steps", "3",
             "--num-per-prompt", "2", "--seed", "7", "--scheduler", "dpm++"]
     assert main(["sample", *args, "--out", str(tmp_path / "a" / "grid.png")]) == 0
     assert "wrote" in capsys.readouterr().out
@@ -38,7 +38,7 @@ def test_sample_writes_the_grid_and_each_image_and_repeats_bytes(text_folder, tm
     assert images == [f"{r:03d}_{c:02d}.png" for r in range(3) for c in range(2)]
     assert Image.open(tmp_path / "a" / "grid" / "000_00.png").size == (SIZE, SIZE)
     assert (tmp_path / "a" / "grid" / "captions.txt").read_text().splitlines() == [
-        "000 a big red circle", "001 a small blue star", "002 a green triangle at the bottom"]
+        "000 a large red circle", "001 a small blue star", "002 a green triangle at the bottom"]
     grid = Image.open(tmp_path / "a" / "grid.png")
     assert grid.height >= 3 * 96 and grid.width > 2 * 96
     for name in ["grid.png"] + [f"grid/{n}" for n in images]:
@@ -93,3 +93,27 @@ def test_sample_errors_are_one_line(text_folder, class_folder, tmp_path, capsys)
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and err[0].startswith("film-diffusion sample: error: ") and message in err[0], (args, err)
     assert not (tmp_path / "samples.png").exists() and not (tmp_path / "grid.gif").exists()
+
+
+def test_sample_uses_the_folders_steps_and_guidance_scale_unless_told_otherwise(tmp_path):
+    """A folder saved with 3 steps and guidance 2 samples with them: no flags give the bytes of the flags spelled out,
+    and other values give other bytes."""
+    pipe = FilmDiffusionPipeline(class_denoiser(), DDIMScheduler(), num_inference_steps=3, guidance_scale=2.0)
+    pipe.save_pretrained(tmp_path / "pipe")
+
+    def grid(name: str, *flags: str) -> bytes:
+        out = tmp_path / f"{name}.png"
+        assert main(["sample", str(tmp_path / "pipe"), "--class-label", "1", "--num-per-prompt", "2", "--out",
+                     str(out), *flags]) == 0
+        return out.read_bytes()
+
+    saved = grid("saved")
+    assert saved == grid("spelled", "--steps", "3", "--guidance-scale", "2")
+    assert saved != grid("other_guidance", "--guidance-scale", "4")
+    assert saved != grid("other_steps", "--steps", "5")
+
+
+def test_guidance_has_one_name_on_the_command_line(capsys):
+    with pytest.raises(SystemExit):
+        main(["sample", "x", "--cfg", "2"])
+    assert "unrecognized arguments: --cfg 2" in capsys.readouterr().err

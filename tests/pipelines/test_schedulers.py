@@ -61,3 +61,34 @@ def test_learned_sigma_latents_give_a_dpm_solver_the_epsilon_half_of_all_four_ch
     assert latents.shape == (2, 4, SIZE, SIZE) and torch.isfinite(latents).all()
     with pytest.raises(UserError, match="keeps only three channels of the model output; build it with variance_type"):
         pipe.set_scheduler(DPMSolverMultistepScheduler(variance_type="learned_range"))
+
+
+def test_swapping_schedulers_back_to_ddpm_keeps_the_models_learned_variance(tmp_path):
+    """The swap is built for the model, not from whichever scheduler came before: DPM++ takes the epsilon half
+    (variance_type None), and a DDPM after it reads the learned variance again, also when the pipeline was saved
+    with DPM++ and loaded back (where diffusers' own defaults may change the timestep spacing)."""
+    pipe = FilmDiffusionPipeline(class_denoiser(learn_sigma=True), DDPMScheduler(variance_type="learned_range"))
+
+    def sampled(with_pipe):
+        return with_pipe(class_labels=[1, 2], num_inference_steps=3, guidance_scale=2.0, output_type="latent",
+                         generator=torch.Generator().manual_seed(0)).images
+
+    learned = sampled(pipe)
+    pipe.set_scheduler("dpm++")
+    assert pipe.scheduler.config.variance_type is None
+    pipe.save_pretrained(tmp_path / "saved")
+    pipe.set_scheduler("ddpm")
+    assert pipe.scheduler.config.variance_type == "learned_range"
+    assert torch.equal(sampled(pipe), learned)
+    loaded = FilmDiffusionPipeline.from_pretrained(tmp_path / "saved")
+    loaded.set_scheduler("ddpm")
+    assert loaded.scheduler.config.variance_type == "learned_range"
+    with_variance = sampled(loaded)
+    loaded.set_scheduler(DDPMScheduler.from_config(loaded.scheduler.config, variance_type=None))
+    assert not torch.equal(sampled(loaded), with_variance)  # the variance is read, not dropped
+
+
+def test_a_model_without_a_learned_variance_gets_no_learned_variance_type():
+    pipe = FilmDiffusionPipeline(class_denoiser(), DDPMScheduler(variance_type="fixed_small"))
+    pipe.set_scheduler("ddpm")
+    assert pipe.scheduler.config.variance_type == "fixed_small"

@@ -4,6 +4,7 @@ import pytest
 import torch
 from runs import CONFIGS, TINY
 
+from film_diffusion.data.captions import caption_words, words
 from film_diffusion.training.build import build_denoiser, latent_shape
 from film_diffusion.training.config import load_experiment
 from film_diffusion.training.trainer import train
@@ -48,3 +49,13 @@ def test_latent_shape_follows_the_vae(tiny_vae_folder):
     from film_diffusion.training.build import build_vae
 
     assert latent_shape(config, build_vae(config.vae)) == (4, 8)
+
+
+@pytest.mark.parametrize("name", [None, *BUILT_IN], ids=["defaults", *BUILT_IN])
+def test_sample_captions_use_only_the_words_of_the_built_in_captions(name):
+    """The grids' captions are words the built-in data (and so the built-in CLIP) has: "large", not "big";
+    "center", not "centre"."""
+    config = load_experiment(CONFIGS / f"{name}.yaml" if name else {})
+    assert config.condition.source == "builtin_clip"
+    unknown = {w for caption in config.sample.captions for w in words(caption)} - caption_words(3)
+    assert not unknown, f"words the built-in captions never hold: {sorted(unknown)}"
