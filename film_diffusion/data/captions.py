@@ -3,10 +3,12 @@ the objects, so that any module can caption a scene it changed (counterfactual c
 
 from __future__ import annotations
 
+import itertools
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from film_diffusion.data.vocabulary import cell_row_col
+from film_diffusion.data.vocabulary import CELLS, COLORS, SHAPES, SIZES, cell_row_col
 from film_diffusion.errors import UserError
 
 NUMBERS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
@@ -99,3 +101,24 @@ def caption(objects: Sequence[dict], template: str = "full") -> str:
     if len(objects) < TEMPLATES[template].min_objects:
         raise ValueError(f"Template '{template}' needs at least {TEMPLATES[template].min_objects} objects.")
     return TEMPLATES[template].render(objects)
+
+
+def words(text: str) -> list[str]:
+    """The lower-case words of a caption, without punctuation."""
+    return re.findall(r"[a-z]+", text.lower())
+
+
+def caption_words(max_objects: int) -> frozenset[str]:
+    """Every word a caption of up to ``max_objects`` objects can hold, under every template: what a text encoder
+    trained on built-in captions has read. Each object alone covers the attribute words; each shape repeated over
+    every ordered choice of cells covers the counts, plurals and relations."""
+    singles = [[{"color": c, "shape": s, "size": z, "cell": cell}] for c in COLORS for s in SHAPES for z in SIZES
+               for cell in CELLS]
+    repeated = [[{"color": COLORS[0], "shape": s, "size": SIZES[0], "cell": cell} for cell in cells]
+                for s in SHAPES for n in range(2, max_objects + 1) for cells in itertools.permutations(CELLS, n)]
+    found: set[str] = set()
+    for objects in singles + repeated:
+        for name, template in TEMPLATES.items():
+            if len(objects) >= template.min_objects:
+                found.update(words(caption(objects, name)))
+    return frozenset(found)

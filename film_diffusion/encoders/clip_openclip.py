@@ -6,6 +6,7 @@ folder in open_clip's own format (``OpenCLIP("local-dir:path")``: ``open_clip_co
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -18,12 +19,15 @@ from open_clip.tokenizer import SimpleTokenizer
 from safetensors.torch import save_file
 
 from film_diffusion.conditioning.condition import Condition
+from film_diffusion.data.captions import words
 from film_diffusion.encoders.base import Layer, TextEncoder, check_layer
 from film_diffusion.errors import UserError
 
 LOCAL_DIR = "local-dir:"
 CONFIG_FILE = "open_clip_config.json"
 WEIGHTS_FILE = "open_clip_model.safetensors"
+WORDS_FILE = "caption_words.json"
+"""In a folder of a CLIP trained on a closed vocabulary (the built-in one): every word its training captions held."""
 
 
 def _model_config(model_name: str) -> dict | None:
@@ -34,10 +38,22 @@ def _model_config(model_name: str) -> dict | None:
     return open_clip.get_model_config(model_name)
 
 
+def _known_words(model_name: str) -> frozenset[str] | None:
+    """The words of a ``local-dir:`` folder's ``caption_words.json``, or None (an open vocabulary)."""
+    path = Path(model_name.removeprefix(LOCAL_DIR)) / WORDS_FILE if model_name.startswith(LOCAL_DIR) else None
+    if path is None or not path.is_file():
+        return None
+    return frozenset(json.loads(path.read_text()))
+
+
 class OpenCLIP(TextEncoder):
     """Tokens come from running the text transformer (``forward_intermediates``), not from
     ``encode_text`` alone: the last block after ``ln_final``, or the penultimate block without it
     (as SDXL takes it). pooled is exactly ``model.encode_text`` (pooled end-of-text state, projected).
+
+    A ``local-dir:`` folder that lists its training captions' words (``caption_words.json``, as the built-in CLIP's
+    does) makes the encoder warn once about each word outside them: such a model has never read it (the built-in
+    CLIP places "big" nearer "small" than "large").
     """
 
     def __init__(
@@ -76,6 +92,8 @@ class OpenCLIP(TextEncoder):
         self.layer = layer
         self.model_name = model_name
         self._architecture = _model_config(model_name)  # read now: a local-dir folder may be gone at save time
+        self.known_words = _known_words(model_name)
+        self._warned: set[str] = set()
         self.max_length = self.model.context_length
         with torch.no_grad():
             probe = self._encode([""])
@@ -98,6 +116,8 @@ class OpenCLIP(TextEncoder):
         (folder / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n")
         state = {k: v.detach().contiguous() for k, v in self.model.state_dict().items()}
         save_file(state, folder / WEIGHTS_FILE)
+        if self.known_words is not None:
+            (folder / WORDS_FILE).write_text(json.dumps(sorted(self.known_words)) + "\n")
 
     @classmethod
     def _load_saved(cls, folder: Path, **options: Any) -> OpenCLIP:
@@ -112,6 +132,8 @@ class OpenCLIP(TextEncoder):
         return [len(self.tokenizer.encode(caption)) + 2 for caption in captions]  # + start and end of text
 
     def _encode(self, captions: list[str]) -> Condition:
+        if self.known_words is not None:
+            self._warn_about_unknown_words(captions)
         ids = self.tokenizer(captions).to(self.device)  # (B, L), zero-padded after end-of-text
         last = self.layer == "last"
         out = self.model.forward_intermediates(
@@ -121,6 +143,13 @@ class OpenCLIP(TextEncoder):
         end = (ids == self.tokenizer.eot_token_id).int().argmax(dim=1)  # (B,)
         mask = torch.arange(ids.shape[1], device=ids.device) <= end[:, None]
         return Condition(tokens=tokens, mask=mask, pooled=out["text_features"])
+
+    def _warn_about_unknown_words(self, captions: list[str]) -> None:
+        unknown = sorted({w for caption in captions for w in words(caption)} - self.known_words - self._warned)
+        for word in unknown:
+            warnings.warn(f"The text encoder never read the word {word!r} in training (its captions use: "
+                          f"{', '.join(sorted(self.known_words))}); it may not mean what you expect.", stacklevel=3)
+        self._warned.update(unknown)
 
     def encode_images(self, images: torch.Tensor) -> torch.Tensor:
         """Images ``[B, 3, H, W]`` in [-1, 1] (as the datasets yield them) to L2-normalised embeddings

@@ -115,8 +115,8 @@ def test_a_captions_embedding_is_the_same_bits_whatever_arrives_with_it():
     from film_diffusion.encoders.builtin import builtin_clip
 
     encoder = builtin_clip()
-    caption = "a big red circle at the top left"
-    others = ["a small blue square in the centre", "a big green star at the bottom right", "a small pink star"]
+    caption = "a large red circle at the top left"
+    others = ["a small blue square in the center", "a large green star at the bottom right", "a small pink star"]
     alone = EmbeddingCache(encoder).encode([caption])
     for n in range(1, 4):
         grouped = EmbeddingCache(encoder).encode(others[:n] + [caption])

@@ -8,7 +8,7 @@ import torch
 from film_diffusion.encoders import OpenCLIP, TransformersCLIP, builtin_clip
 from film_diffusion.errors import UserError
 
-CAPTIONS = ["a big red circle at the top left", "", "two small blue squares"]
+CAPTIONS = ["a large red circle at the top left", "", "two small blue squares"]
 
 
 def assert_same_outputs(a, b) -> None:

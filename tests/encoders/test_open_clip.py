@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import warnings
 
 import open_clip
 import pytest
@@ -10,7 +11,8 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
-from film_diffusion.encoders import OpenCLIP
+from film_diffusion.data.captions import caption_words
+from film_diffusion.encoders import OpenCLIP, builtin_clip
 from film_diffusion.errors import UserError
 
 CAPTIONS = ["a large red cube at the top left", "", "two small blue spheres!"]
@@ -116,3 +118,28 @@ def test_weights_change_the_identity(tiny_open_clip, tmp_path):
     assert OpenCLIP(name, checkpoint).identity == OpenCLIP(name, checkpoint).identity
     assert OpenCLIP(name, checkpoint).identity != OpenCLIP(name, other).identity
     assert OpenCLIP(name, checkpoint).identity != OpenCLIP(name, checkpoint, layer="penultimate").identity
+
+
+def test_the_builtin_clip_warns_once_about_a_word_its_captions_never_held(tmp_path):
+    """"big" is not in the built-in captions' vocabulary ("large" is): one warning per unknown word, however often
+    it comes, none for known words; a pipeline folder carries the word list with the encoder."""
+    encoder = builtin_clip()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        encoder.encode(["a large red circle at the top left", "two small blue squares", ""])
+    with pytest.warns(UserWarning) as record:
+        encoder.encode(["a big red circle in the centre", "a big blue star"])
+        encoder.encode(["a big green circle"])
+    assert [str(w.message).split(" in training")[0] for w in record] == [
+        "The text encoder never read the word 'big'", "The text encoder never read the word 'centre'"]
+    encoder.save_pretrained(tmp_path / "encoder")
+    assert OpenCLIP.from_pretrained(tmp_path / "encoder").known_words == encoder.known_words
+    assert encoder.known_words == caption_words(3) and "large" in encoder.known_words
+
+
+def test_an_open_vocabulary_clip_does_not_warn(tiny_open_clip):
+    encoder = OpenCLIP(*tiny_open_clip)
+    assert encoder.known_words is None
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        encoder.encode(["a big cube"])
