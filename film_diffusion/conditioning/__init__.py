@@ -1,6 +1,6 @@
 """Conditioning methods: how a condition enters the denoiser. See ``stack.METHODS`` for the config names."""
 
-from film_diffusion.conditioning.base import ConditioningMethod, Wiring
+from film_diffusion.conditioning.base import ConditioningMethod, ModulatingMethod, Modulation, Wiring
 from film_diffusion.conditioning.condition import Condition
 from film_diffusion.conditioning.sites import Signals, Site, SiteState
 from film_diffusion.conditioning.stack import METHODS, TIMESTEP_ROUTES, ConditioningStack, parse_methods
@@ -11,6 +11,8 @@ __all__ = [
     "Condition",
     "ConditioningMethod",
     "ConditioningStack",
+    "Modulation",
+    "ModulatingMethod",
     "Signals",
     "Site",
     "SiteState",

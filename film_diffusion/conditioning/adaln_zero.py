@@ -8,12 +8,12 @@ normalisation in each ResBlock with a zero-initialised gate on its residual bran
 
 from __future__ import annotations
 
-from film_diffusion.conditioning.base import ConditioningMethod, Wiring
+from film_diffusion.conditioning.base import ModulatingMethod, Modulation, Wiring
 from film_diffusion.conditioning.generator import SiteParameterGenerator
-from film_diffusion.conditioning.sites import Signals, Site, SiteState
+from film_diffusion.conditioning.sites import Signals, Site
 
 
-class AdaLNZero(ConditioningMethod):
+class AdaLNZero(ModulatingMethod):
     """Options:
         zero_init: zero the modulation layer (default True, the "-Zero" of the paper). False gives plain adaLN
                    with gates, whose blocks do not start as the identity.
@@ -33,10 +33,13 @@ class AdaLNZero(ConditioningMethod):
     def zeroed_gates(self) -> list[Site]:
         return [s for s in self.sites if s.kind == "gate"] if self.zero_init else []
 
-    def register(self, signals: Signals, state: SiteState) -> None:
+    def modulation(self, signals: Signals) -> list[Modulation]:
+        """Each norm's ``(1 + scale, shift)`` and each residual branch's gate."""
+        found = []
         for site, params in zip(self.sites, self.generator(self.drive_vector(signals)), strict=True):
             if site.kind == "norm":
                 shift, scale = params.chunk(2, dim=-1)
-                state.add_affine(site, scale + 1.0, shift)
+                found.append(Modulation(site, scale=scale + 1.0, shift=shift))
             else:
-                state.add_gate(site, params)
+                found.append(Modulation(site, gate=params))
+        return found

@@ -35,6 +35,17 @@ class Wiring:
         return [s for s in self.sites if s.kind in kinds]
 
 
+@dataclass(frozen=True)
+class Modulation:
+    """What a modulating method gives one site for a batch: ``scale * h + shift`` at a norm-like site (``gate`` is
+    None), or ``gate * branch`` at a gate site (``scale`` and ``shift`` are None); every tensor ``(B, C)``."""
+
+    site: Site
+    scale: torch.Tensor | None = None
+    shift: torch.Tensor | None = None
+    gate: torch.Tensor | None = None
+
+
 class ConditioningMethod(nn.Module, ABC):
     """A way for a condition to enter a denoiser. One file per method; it never imports a backbone.
 
@@ -94,3 +105,20 @@ class ConditioningMethod(nn.Module, ABC):
         if self.use_condition:
             v = signals.pooled if v is None else v + signals.pooled
         return v
+
+
+class ModulatingMethod(ConditioningMethod):
+    """A method that modulates sites per channel from a vector (FiLM, adaLN-Zero): :meth:`modulation` is the one
+    place that says what each site receives, and :meth:`register` applies exactly that. Analyses read and change
+    a model's modulation through :meth:`modulation`, so they follow the method whatever its internals."""
+
+    @abstractmethod
+    def modulation(self, signals: Signals) -> list[Modulation]:
+        """Every modulated site's scale and shift (or gate) for this batch, in site order."""
+
+    def register(self, signals: Signals, state: SiteState) -> None:
+        for m in self.modulation(signals):
+            if m.gate is not None:
+                state.add_gate(m.site, m.gate)
+            else:
+                state.add_affine(m.site, m.scale, m.shift)

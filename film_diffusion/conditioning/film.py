@@ -11,9 +11,9 @@ from typing import Literal
 
 import torch
 
-from film_diffusion.conditioning.base import ConditioningMethod, Wiring
+from film_diffusion.conditioning.base import ModulatingMethod, Modulation, Wiring
 from film_diffusion.conditioning.generator import SiteParameterGenerator
-from film_diffusion.conditioning.sites import Signals, SiteKind, SiteState
+from film_diffusion.conditioning.sites import Signals, SiteKind
 from film_diffusion.errors import UserError
 
 PLACEMENT_SITES: dict[str, SiteKind] = {
@@ -23,7 +23,7 @@ PLACEMENT_SITES: dict[str, SiteKind] = {
 }
 
 
-class FiLM(ConditioningMethod):
+class FiLM(ModulatingMethod):
     """FiLM generator plus FiLM layers at every site of the chosen placement.
 
     Options:
@@ -57,7 +57,10 @@ class FiLM(ConditioningMethod):
                 for params in torch.split(self.generator.out.bias, sizes):
                     params[: params.shape[0] // 2].fill_(1.0)
 
-    def register(self, signals: Signals, state: SiteState) -> None:
+    def modulation(self, signals: Signals) -> list[Modulation]:
+        """Each site's ``(gamma, beta)`` as applied, ``gamma * h + beta`` (``gamma = 1 + delta`` by default)."""
+        found = []
         for site, params in zip(self.sites, self.generator(self.drive_vector(signals)), strict=True):
             gamma, beta = params.chunk(2, dim=-1)
-            state.add_affine(site, gamma + self.gamma_offset, beta)
+            found.append(Modulation(site, scale=gamma + self.gamma_offset, shift=beta))
+        return found

@@ -142,6 +142,16 @@ class ConditioningStack(nn.Module):
 
     def forward(self, t_emb: torch.Tensor, condition: Condition | None = None,
                 class_labels: torch.Tensor | None = None) -> SiteState:
+        signals = self.signals(t_emb, condition, class_labels)
+        state = SiteState()
+        for method in self.methods.values():
+            method.register(signals, state)
+        return state
+
+    def signals(self, t_emb: torch.Tensor, condition: Condition | None = None,
+                class_labels: torch.Tensor | None = None) -> Signals:
+        """What the methods read for this batch: the timestep embedding, the embedded pooled condition (text and/or
+        class label) and the tokens."""
         self.check_inputs(condition, class_labels)
         pooled = None
         if self.pooled_proj is not None:
@@ -149,13 +159,9 @@ class ConditioningStack(nn.Module):
         if self.label_embedder is not None:
             labels = self.label_embedder(class_labels)
             pooled = labels if pooled is None else pooled + labels
-        signals = Signals(
+        return Signals(
             t_emb=t_emb,
             pooled=pooled,
             tokens=None if condition is None else condition.tokens,
             mask=None if condition is None else condition.mask,
         )
-        state = SiteState()
-        for method in self.methods.values():
-            method.register(signals, state)
-        return state

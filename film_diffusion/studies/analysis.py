@@ -22,7 +22,6 @@ from __future__ import annotations
 import contextlib
 import json
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import matplotlib
@@ -30,10 +29,7 @@ import torch
 from matplotlib.figure import Figure
 from tqdm.auto import tqdm
 
-from film_diffusion.conditioning.adaln_zero import AdaLNZero
-from film_diffusion.conditioning.base import ConditioningMethod
-from film_diffusion.conditioning.film import FiLM
-from film_diffusion.conditioning.sites import Signals
+from film_diffusion.conditioning import ModulatingMethod, Modulation, Signals
 from film_diffusion.data.shapes import ShapesDataset, scene_class
 from film_diffusion.errors import UserError
 from film_diffusion.evaluation.quality import evaluate_pipeline, held_out_scenes, scene_inputs
@@ -50,107 +46,78 @@ Edit = Callable[[int, torch.Tensor, torch.Tensor, torch.Tensor], tuple[torch.Ten
 ``(rows, channels)``, the mean ``(2, channels)``."""
 
 
-@dataclass
-class Modulated:
-    """One method's modulated sites: which halves of each site's emitted vector are gamma and beta."""
-
-    name: str
-    method: ConditioningMethod
-    sites: list[int]  # indices into the generator's outputs (adaLN-Zero's gates left out)
-
-    def split(self, params: torch.Tensor, site: int) -> tuple[torch.Tensor, torch.Tensor]:
-        first, second = params.chunk(2, dim=-1)
-        if isinstance(self.method, FiLM):
-            return first + self.method.gamma_offset, second
-        return second + 1.0, first  # adaLN-Zero emits (shift, scale) and applies 1 + scale
-
-    def join(self, gamma: torch.Tensor, beta: torch.Tensor, site: int) -> torch.Tensor:
-        if isinstance(self.method, FiLM):
-            return torch.cat([gamma - self.method.gamma_offset, beta], dim=-1)
-        return torch.cat([beta, gamma - 1.0], dim=-1)
-
-    def site_names(self) -> list[str]:
-        return [self.method.sites[i].name for i in self.sites]
-
-
-def modulated_methods(denoiser) -> list[Modulated]:
-    """The FiLM and adaLN-Zero methods that read the condition, with their (gamma, beta) sites."""
-    found = []
-    for name, method in denoiser.conditioner.methods.items():
-        if not method.use_condition:
-            continue
-        if isinstance(method, FiLM):
-            found.append(Modulated(name, method, list(range(len(method.sites)))))
-        elif isinstance(method, AdaLNZero):
-            found.append(Modulated(name, method, [i for i, s in enumerate(method.sites) if s.kind == "norm"]))
+def modulating_methods(denoiser) -> dict[str, ModulatingMethod]:
+    """The methods that modulate sites per channel from the condition (FiLM, adaLN-Zero), by name."""
+    found = {name: m for name, m in denoiser.conditioner.methods.items()
+             if isinstance(m, ModulatingMethod) and m.use_condition}
     if not found:
         raise UserError("analyze needs a model whose condition enters through film or adaln_zero; this one has "
                         f"{', '.join(denoiser.conditioner.methods)}.")
     return found
 
 
+def affine(modulations: list[Modulation]) -> list[Modulation]:
+    """The sites that receive a (gamma, beta) pair: adaLN-Zero's gates are left out."""
+    return [m for m in modulations if m.gate is None]
+
+
 class CaptionDrive:
-    """The embedded pooled condition of every evaluation caption (or label), from which a generator's
-    parameters for all of them can be computed at any timestep."""
+    """The evaluation captions (or labels) as the conditioning stack reads them, so that what every method gives
+    every site for all of them can be computed at any timestep (``ModulatingMethod.modulation``)."""
 
     def __init__(self, pipe: FilmDiffusionPipeline, scenes: ShapesDataset):
-        stack = pipe.denoiser.conditioner
-        device = pipe.device
+        self.stack = pipe.denoiser.conditioner
+        truth = [scenes.scene(i) for i in range(len(scenes))]
         with torch.no_grad():
-            pooled = None
-            if pipe.text_encoder is not None:
-                captions = [scenes.scene(i)[1] for i in range(len(scenes))]
-                encoded = pipe.text_encoder.encode(captions).pooled.to(device)
-                pooled = stack.pooled_proj(encoded.to(stack.pooled_proj.weight.dtype))
-            if stack.label_embedder is not None:
-                labels = torch.tensor([scene_class(scenes.scene(i)[0]) for i in range(len(scenes))], device=device)
-                embedded = stack.label_embedder(labels)
-                pooled = embedded if pooled is None else pooled + embedded
-        self.pooled = pooled
+            text = pipe.text_encoder is not None
+            self.condition = pipe.text_encoder.encode([c for _, c in truth]).to(pipe.device) if text else None
+        labels = [scene_class(objects) for objects, _ in truth]
+        self.labels = torch.tensor(labels, device=pipe.device) if self.stack.label_embedder is not None else None
+        self.count = len(truth)
 
-    def parameters(self, modulated: Modulated, t_emb: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        """(gamma, beta) ``(captions, channels)`` at every site of ``modulated``, at the timestep of ``t_emb``
-        ``(1, E)``."""
-        n = len(self.pooled)
-        signals = Signals(t_emb=t_emb.expand(n, -1), pooled=self.pooled, tokens=None, mask=None)
-        generator = modulated.method.generator
-        with torch.no_grad(), torch.autocast(self.pooled.device.type, enabled=False):
-            drive = modulated.method.drive_vector(signals)
-            params = torch.split(generator.out(generator.hidden(drive.to(generator.out.weight.dtype))),
-                                 generator.sizes, dim=-1)
-        return [modulated.split(params[i], i) for i in modulated.sites]
+    def signals(self, t_emb: torch.Tensor) -> Signals:
+        """The stack's signals for every caption at the timestep of ``t_emb`` ``(1, E)``."""
+        with torch.no_grad():
+            return self.stack.signals(t_emb.expand(self.count, -1), self.condition, self.labels)
+
+
+def caption_parameters(method: ModulatingMethod, drive: CaptionDrive,
+                       t_emb: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """(gamma, beta) ``(captions, channels)`` at every affine site of ``method``, at the timestep of ``t_emb``."""
+    with torch.no_grad():
+        return [(m.scale, m.shift) for m in affine(method.modulation(drive.signals(t_emb)))]
 
 
 @contextlib.contextmanager
 def edited_modulation(denoiser, drive: CaptionDrive, edit: Edit, guided: bool = False) -> Iterator[None]:
-    """Every (gamma, beta) the model's FiLM / adaLN-Zero generators emit for a caption goes through ``edit`` while
-    the block runs (forward hooks; removed afterwards).
+    """Every (gamma, beta) the model's FiLM / adaLN-Zero methods give a site for a caption goes through ``edit``
+    while the model runs: each method's ``modulation`` is wrapped for the block, and restored afterwards.
 
     ``guided``: each call's batch is the pipeline's ``[null, caption]`` halves of classifier-free guidance, and
     the null half keeps its trained values. The ablations change what a caption contributes; editing the null
     too would move guidance's reference point instead (replacing its gamma by the captions' mean wrecked every
     sample of a trained model that way)."""
-    t_emb: dict[str, torch.Tensor] = {}
-    handles = [denoiser.conditioner.register_forward_pre_hook(
-        lambda module, args, kwargs: t_emb.__setitem__("t", args[0] if args else kwargs["t_emb"]), with_kwargs=True)]
-    for modulated in modulated_methods(denoiser):
-        def hook(module, inputs, outputs, modulated=modulated):
-            means = drive.parameters(modulated, t_emb["t"][:1])
-            outputs = list(outputs)
-            rows = slice(len(outputs[0]) // 2 if guided else 0, None)
-            for k, i in enumerate(modulated.sites):
-                gamma, beta = (p.clone() for p in modulated.split(outputs[i], i))
-                mean = torch.stack([means[k][0].mean(0), means[k][1].mean(0)])
-                gamma[rows], beta[rows] = edit(k, gamma[rows], beta[rows], mean)
-                outputs[i] = modulated.join(gamma, beta, i).to(outputs[i].dtype)
-            return tuple(outputs)
+    methods = modulating_methods(denoiser)
+    for method in methods.values():
+        def edited(signals: Signals, original=method.modulation) -> list[Modulation]:
+            means = [(g.mean(0), b.mean(0)) for g, b in
+                     ((m.scale, m.shift) for m in affine(original(drive.signals(signals.t_emb[:1]))))]
+            rows = slice(len(signals.t_emb) // 2 if guided else 0, None)
+            out, k = [], 0
+            for m in original(signals):
+                if m.gate is None:
+                    gamma, beta = m.scale.clone(), m.shift.clone()
+                    gamma[rows], beta[rows] = edit(k, gamma[rows], beta[rows], torch.stack(means[k]))
+                    m, k = Modulation(m.site, scale=gamma, shift=beta), k + 1
+                out.append(m)
+            return out
 
-        handles.append(modulated.method.generator.register_forward_hook(hook))
+        method.modulation = edited  # an instance attribute, over the class's method
     try:
         yield
     finally:
-        for handle in handles:
-            handle.remove()
+        for method in methods.values():
+            del method.modulation
 
 
 def ablations(noise: list[float], seed: int = 0) -> dict[str, Edit | None]:
@@ -214,14 +181,15 @@ def analyze(run: str | Path, scenes: int | None = None, noise: tuple[float, ...]
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     pipe = load_pipeline(run / "pipeline").to(device)  # checked: a damaged folder is one sentence
     pipe.set_progress_bar_config(disable=True)
-    modulated = modulated_methods(pipe.denoiser)
+    methods = modulating_methods(pipe.denoiser)
     eval_scenes = held_out_scenes(config.data.resolution, scenes or config.eval.scenes, config.eval.seed,
                                   config.data.holdout)
     drive = CaptionDrive(pipe, eval_scenes)
     with torch.no_grad():
         t_emb = pipe.denoiser.t_embedder(torch.tensor([MAP_TIMESTEP], device=device))
-    parameters = {m.name: drive.parameters(m, t_emb) for m in modulated}
-    names = {m.name: m.site_names() for m in modulated}
+    parameters = {name: caption_parameters(method, drive, t_emb) for name, method in methods.items()}
+    names = {name: [m.site.name for m in affine(method.modulation(drive.signals(t_emb)))]
+             for name, method in methods.items()}
     labels = {a: [str(eval_scenes.scene(i)[0][0][a]) for i in range(len(eval_scenes))] for a in ATTRIBUTES}
 
     guided = config.sample.guidance_scale > 1

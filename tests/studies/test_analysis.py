@@ -13,10 +13,10 @@ from film_diffusion.cli import main
 from film_diffusion.grid import LABEL_WIDTH, PAD
 from film_diffusion.studies.analysis import (
     CaptionDrive,
-    Modulated,
     attribute_share,
+    caption_parameters,
     edited_modulation,
-    modulated_methods,
+    modulating_methods,
 )
 
 METHODS = ["film", {"name": "film", "gamma": "raw"}, "adaln_zero"]
@@ -40,12 +40,16 @@ def tiny_dit(method, backbone: str = "dit"):
 
 
 class Drive(CaptionDrive):
-    """Five random pooled captions, embedded as the model embeds them."""
+    """Five random pooled captions, read by the model's own conditioning stack."""
 
     def __init__(self, denoiser):
-        pooled = torch.randn(5, 6, generator=torch.Generator().manual_seed(1))
-        with torch.no_grad():
-            self.pooled = denoiser.conditioner.pooled_proj(pooled)
+        self.stack, self.labels, self.count = denoiser.conditioner, None, 5
+        self.condition = Condition(pooled=torch.randn(5, 6, generator=torch.Generator().manual_seed(1)))
+
+
+def the_method(denoiser):
+    [method] = modulating_methods(denoiser).values()
+    return method
 
 
 def call(denoiser):
@@ -60,15 +64,15 @@ def test_own_values_change_nothing_and_the_mean_or_fixed_values_do(backbone, met
     denoiser = tiny_dit(method, backbone)
     drive = Drive(denoiser)
     plain = call(denoiser)
-    [modulated] = modulated_methods(denoiser)
+    method = the_method(denoiser)
     with edited_modulation(denoiser, drive, lambda site, gamma, beta, mean: (gamma.clone(), beta.clone())):
         torch.testing.assert_close(call(denoiser), plain, rtol=0, atol=1e-6)
     seen = []
     with edited_modulation(denoiser, drive, lambda site, gamma, beta, mean: seen.append(mean) or (gamma, beta)):
         call(denoiser)
     t_emb = denoiser.t_embedder(torch.tensor([300]))
-    expected = drive.parameters(modulated, t_emb)
-    assert len(seen) == len(modulated.sites) == len(expected)
+    expected = caption_parameters(method, drive, t_emb)
+    assert len(seen) == len(expected) == sum(m.gate is None for m in method.modulation(drive.signals(t_emb)))
     for mean, (gamma, beta) in zip(seen, expected, strict=True):  # the captions' mean at the call's timestep
         torch.testing.assert_close(mean, torch.stack([gamma.mean(0), beta.mean(0)]))
     for edit in (lambda site, gamma, beta, mean: (mean[0].expand_as(gamma), beta),
@@ -76,7 +80,8 @@ def test_own_values_change_nothing_and_the_mean_or_fixed_values_do(backbone, met
                  lambda site, gamma, beta, mean: (gamma, torch.zeros_like(beta))):
         with edited_modulation(denoiser, drive, edit):
             assert (call(denoiser) - plain).abs().max() > 1e-3
-    torch.testing.assert_close(call(denoiser), plain, rtol=0, atol=0)  # the hooks are gone
+    torch.testing.assert_close(call(denoiser), plain, rtol=0, atol=0)  # the edits are gone
+    assert "modulation" not in vars(method)
 
 
 @pytest.mark.parametrize("backbone, method", CASES)
@@ -106,21 +111,23 @@ def test_under_guidance_only_the_caption_half_is_edited(backbone, method):
 def test_gamma_and_beta_are_the_scale_and_shift_a_site_applies(backbone, method):
     """Setting gamma to 1 and beta to 0 everywhere equals a model whose generator emits the identity."""
     denoiser = tiny_dit(method, backbone)
-    [modulated] = modulated_methods(denoiser)
+    modulating = the_method(denoiser)
+    drive = Drive(denoiser)
     identity = lambda site, gamma, beta, mean: (torch.ones_like(gamma), torch.zeros_like(beta))  # noqa: E731
-    with edited_modulation(denoiser, Drive(denoiser), identity):
+    with edited_modulation(denoiser, drive, identity):
         edited = call(denoiser)
+    signals = drive.signals(denoiser.t_embedder(torch.tensor([300])))
+    affine_sites = [i for i, m in enumerate(modulating.modulation(signals)) if m.gate is None]
+    generator = modulating.generator
     with torch.no_grad():  # the same by the method's own parameters: delta / scale and beta / shift all 0
-        out = modulated.method.generator.out
-        for i in modulated.sites:
-            start = sum(modulated.method.generator.sizes[:i])
-            rows = slice(start, start + modulated.method.generator.sizes[i])
-            out.weight[rows] = 0
-            out.bias[rows] = 0
-            if modulated.name == "film" and modulated.method.gamma_offset == 0:  # raw gamma: 1 is a bias of 1
-                out.bias[start:start + modulated.method.generator.sizes[i] // 2] = 1
+        for i in affine_sites:
+            start = sum(generator.sizes[:i])
+            rows = slice(start, start + generator.sizes[i])
+            generator.out.weight[rows] = 0
+            generator.out.bias[rows] = 0
+            if getattr(modulating, "gamma_offset", 1.0) == 0:  # FiLM's raw gamma: 1 is a bias of 1
+                generator.out.bias[start:start + generator.sizes[i] // 2] = 1
     torch.testing.assert_close(call(denoiser), edited, rtol=0, atol=1e-6)
-    assert isinstance(modulated, Modulated)
 
 
 def test_attribute_share_is_one_for_perfect_clusters_and_small_for_none():
