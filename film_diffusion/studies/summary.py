@@ -1,6 +1,6 @@
 """A comparison's seed-averaged table with the columns a reader asks for, printed from its ``results.json``, so
 that a table quoted in a README or a paper is the report's own figures rather than typed ones (a test checks
-that every table the README quotes this way still matches)."""
+that every table the README and docs/ quote this way still matches)."""
 
 from __future__ import annotations
 

@@ -51,7 +51,7 @@ def test_control_characters_inside_a_prompt_are_spaces(pipeline, tmp_path):
 
 
 def test_a_ten_thousand_character_prompt_samples_as_its_first_tokens(pipeline, tmp_path):
-    words = ("a big red circle at the top left " * 400)[:10_000]
+    words = ("a large red circle at the top left " * 400)[:10_000]
     long = sample(pipeline, tmp_path / "long.png", "--prompt", words)
     short = sample(pipeline, tmp_path / "short.png", "--prompt", " ".join(words.split()[:200]))  # past 77 tokens
     assert np.array_equal(long[0], short[0])

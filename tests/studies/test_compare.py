@@ -20,7 +20,7 @@ EXPERIMENT = {
     "train": {"max_steps": 4, "batch_size": 4, "eval_every": 2, "log_every": 1, "sample_every": 0,
               "warmup_steps": 1, "checkpoint_every": 2, "mixed_precision": "no"},
     "eval": {"scenes": 8, "batch_size": 8},
-    "sample": {"steps": 2, "captions": ["a big red circle at the top left", "a small blue square in the center"]},
+    "sample": {"steps": 2, "captions": ["a large red circle at the top left", "a small blue square in the center"]},
 }
 MATRIX = {"model.conditioning": [["film"], ["adaln_zero"]], "seed": [0, 1]}
 
