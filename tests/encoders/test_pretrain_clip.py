@@ -12,6 +12,7 @@ import torch
 
 from film_diffusion import cli
 from film_diffusion.config import load_config
+from film_diffusion.data.captions import caption_words
 from film_diffusion.data.shapes import ShapesDataset
 from film_diffusion.encoders import OpenCLIP, builtin
 from film_diffusion.encoders.clip_retrieval import ATTRIBUTES, evaluate_clip
@@ -44,7 +45,9 @@ def test_pretrain_clip_writes_an_open_clip_folder_that_loads_like_any_checkpoint
     assert (encoder.token_dim, encoder.pooled_dim, encoder.max_length) == (32, 16, 48)
     metrics = json.loads((tiny_trained / "metrics.json").read_text())
     assert {f"retrieval/{a}" for a in ATTRIBUTES} | {"image_to_caption_top1", "train_seconds"} <= set(metrics)
-    assert load_config(tiny_trained / "pretrain_clip.yaml", PretrainClipConfig).train.steps == 2
+    config = load_config(tiny_trained / "pretrain_clip.yaml", PretrainClipConfig)
+    assert config.train.steps == 2
+    assert encoder.known_words == caption_words(config.data.max_objects)  # it warns about any other word
 
 
 def test_pretrain_clip_refuses_to_overwrite_a_trained_folder(tiny_trained, capsys):
