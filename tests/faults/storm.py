@@ -22,9 +22,10 @@ from safetensors.torch import load_file
 from film_diffusion.config import config_to_dict
 from film_diffusion.training.checkpoints import checkpoint_dirs, checkpoint_step
 
-# A run long enough that 20 kills, each at most 7 s after a start (about 4 s of it importing), cannot finish it
-# (the tiny model takes about 150 steps a second on 2 cores); a checkpoint every tenth of a second or so, grids
-# and log rows in between, two checkpoints kept (so old ones are deleted too).
+# A run long enough that 20 kills, each at most 3 s past the moment the uninterrupted run wrote its first
+# checkpoint (about 4 s after its start on a fast 2-core machine, most of it importing; 10 s or more on a slow one),
+# cannot finish it (the tiny model takes about 150 steps a second on 2 fast cores); a checkpoint every tenth of a
+# second or so, grids and log rows in between, two checkpoints kept (so old ones are deleted too).
 STORM = ["data.length=96", "train.max_steps=8000", "train.checkpoint_every=20", "train.checkpoints_total_limit=2",
          "train.log_every=5", "train.sample_every=500", "train.eval_every=0", "train.warmup_steps=20"]
 LEFTOVER_SUFFIXES = (".partial", ".old", ".deleting")
@@ -64,17 +65,35 @@ def newest_step(run: Path) -> int:
     return checkpoint_step(complete[-1]) if complete else 0
 
 
+def seconds_to_first_checkpoint(config: Path, run: Path) -> float:
+    """Run the uninterrupted training to its end; return how long after its start its first checkpoint was
+    complete: the machine's own startup time, which the kills are timed from."""
+    log = run.with_suffix(".log")
+    with open(log, "w") as out:
+        started = time.monotonic()
+        process = subprocess.Popen(train_command(config, resume=False), stdout=out, stderr=out)
+        first = None
+        while process.poll() is None:
+            if first is None and checkpoint_dirs(run):
+                first = time.monotonic() - started
+            time.sleep(0.01)
+    if process.returncode:
+        raise RuntimeError(f"the uninterrupted run failed (exit {process.returncode}); see {log}")
+    return first if first is not None else time.monotonic() - started
+
+
 def kill_storm(folder: Path, kills: int = 20, seed: int = 0, overrides: tuple[str, ...] = ()) -> Storm:
     rng, storm, start = random.Random(seed), Storm(), time.perf_counter()
     whole = write_config(folder, "whole", *overrides)
-    subprocess.run(train_command(whole, resume=False), check=True, capture_output=True)
+    first = seconds_to_first_checkpoint(whole, folder / "whole")
     config, run = write_config(folder, "killed", *overrides), folder / "killed"
     log = open(folder / "killed.log", "w")  # every attempt writes into it
     while storm.kills < kills:
         started = time.time()
         process = subprocess.Popen(train_command(config, resume=run.exists()), stdout=log, stderr=log)
         aimed = storm.kills % 3 == 2
-        deadline = time.monotonic() + (15.0 if aimed else rng.uniform(1.0, 7.0))
+        # half the startup to 3 s past the first checkpoint: some kills before it, most during training
+        deadline = time.monotonic() + (first + 15.0 if aimed else rng.uniform(first / 2, first + 3.0))
         while time.monotonic() < deadline and process.poll() is None:
             if aimed and writing(run, started):
                 time.sleep(rng.uniform(0.0, 0.002))  # somewhere inside the write (a few ms long)

@@ -1,6 +1,8 @@
 """20 SIGKILLs at random moments, several inside a checkpoint write, each followed by --resume latest: the
 run ends bit-identical to one never stopped (weights, EMA, optimizer, generator, log rows, grids, pipeline),
-with no temporary folder left behind. About 4 minutes on 2 CPU cores."""
+with no temporary folder left behind. The kills are timed from how long the uninterrupted run took to write its
+first checkpoint, so they fall along the run on a slow machine too. About 4 minutes on 2 fast CPU cores, 8 on a
+slow one."""
 
 import pytest
 from storm import kill_storm
