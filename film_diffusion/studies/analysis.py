@@ -81,11 +81,11 @@ class CaptionDrive:
             return self.stack.signals(t_emb.expand(self.count, -1), self.condition, self.labels)
 
 
-def caption_parameters(method: ModulatingMethod, drive: CaptionDrive,
-                       t_emb: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """(gamma, beta) ``(captions, channels)`` at every affine site of ``method``, at the timestep of ``t_emb``."""
+def caption_modulation(method: ModulatingMethod, drive: CaptionDrive, t_emb: torch.Tensor) -> list[Modulation]:
+    """What every affine site of ``method`` receives for the captions at the timestep of ``t_emb``: its (gamma,
+    beta) as ``(scale, shift)``, each ``(captions, channels)``."""
     with torch.no_grad():
-        return [(m.scale, m.shift) for m in affine(method.modulation(drive.signals(t_emb)))]
+        return affine(method.modulation(drive.signals(t_emb)))
 
 
 @contextlib.contextmanager
@@ -187,9 +187,9 @@ def analyze(run: str | Path, scenes: int | None = None, noise: tuple[float, ...]
     drive = CaptionDrive(pipe, eval_scenes)
     with torch.no_grad():
         t_emb = pipe.denoiser.t_embedder(torch.tensor([MAP_TIMESTEP], device=device))
-    parameters = {name: caption_parameters(method, drive, t_emb) for name, method in methods.items()}
-    names = {name: [m.site.name for m in affine(method.modulation(drive.signals(t_emb)))]
-             for name, method in methods.items()}
+    modulations = {name: caption_modulation(method, drive, t_emb) for name, method in methods.items()}
+    parameters = {name: [(m.scale, m.shift) for m in found] for name, found in modulations.items()}
+    names = {name: [m.site.name for m in found] for name, found in modulations.items()}
     labels = {a: [str(eval_scenes.scene(i)[0][0][a]) for i in range(len(eval_scenes))] for a in ATTRIBUTES}
 
     guided = config.sample.guidance_scale > 1

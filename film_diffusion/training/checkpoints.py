@@ -24,7 +24,7 @@ from accelerate import Accelerator
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from film_diffusion.atomic import partial_path, publish, remove_folder
+from film_diffusion.atomic import discard, partial_path, publish, remove_folder
 from film_diffusion.errors import DISK_FULL, UserError, first_line
 from film_diffusion.integrity import verify, write_manifest
 
@@ -56,8 +56,7 @@ def save_checkpoint(accelerator: Accelerator, run: Path, step: int, keep: int | 
     partial = partial_path(final)
     try:
         if accelerator.is_local_main_process:  # each node's (a multi-node run needs a shared file system)
-            if partial.exists():
-                shutil.rmtree(partial)
+            discard(partial)  # a kill's leftover from an earlier try
             partial.mkdir(parents=True)  # before any process writes its RNG state into it
         accelerator.wait_for_everyone()
         accelerator.save_state(str(partial), safe_serialization=True)

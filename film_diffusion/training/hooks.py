@@ -21,7 +21,6 @@ from film_diffusion.evaluation.quality import evaluate_pipeline, held_out_scenes
 from film_diffusion.grid import labelled_grid
 from film_diffusion.integrity import write_manifest
 from film_diffusion.pipelines import FilmDiffusionPipeline
-from film_diffusion.pipelines.schedulers import scheduler_from_name
 from film_diffusion.training.checkpoints import Stateful, save_checkpoint
 from film_diffusion.training.config import ExperimentConfig
 from film_diffusion.training.ema import ema_weights
@@ -55,15 +54,16 @@ class PeriodicHooks:
 def make_pipeline(denoiser, noise_scheduler: SchedulerMixin, encoder, vae,
                   config: ExperimentConfig) -> FilmDiffusionPipeline:
     """The run's sampling pipeline, sharing the denoiser's weights: the sampler, steps and guidance scale of
-    ``config.sample`` become the pipeline's defaults, saved with it, so that the folder samples as the run did."""
+    ``config.sample`` become the pipeline's defaults, saved with it, so that the folder samples as the run did. The
+    sampler is built as any swap is (``set_scheduler``), from the training schedule and the model's own variance."""
+    null = config.train.null_condition if encoder is not None else "empty_caption"
+    pipe = FilmDiffusionPipeline(denoiser, noise_scheduler, text_encoder=encoder, vae=vae, null_condition=null,
+                                 num_inference_steps=config.sample.steps, guidance_scale=config.sample.guidance_scale)
     try:
-        scheduler = scheduler_from_name(config.sample.scheduler or default_sampler(config), noise_scheduler,
-                                        learned_variance=config.model.learn_sigma)
+        pipe.set_scheduler(config.sample.scheduler or default_sampler(config))
     except UserError as err:
         raise ConfigError(f"Config key 'sample.scheduler': {err}") from None
-    null = config.train.null_condition if encoder is not None else "empty_caption"
-    return FilmDiffusionPipeline(denoiser, scheduler, text_encoder=encoder, vae=vae, null_condition=null,
-                                 num_inference_steps=config.sample.steps, guidance_scale=config.sample.guidance_scale)
+    return pipe
 
 
 def write_samples(run: Path, step: int, pipe: FilmDiffusionPipeline, config: ExperimentConfig,

@@ -14,7 +14,7 @@ from film_diffusion.grid import LABEL_WIDTH, PAD
 from film_diffusion.studies.analysis import (
     CaptionDrive,
     attribute_share,
-    caption_parameters,
+    caption_modulation,
     edited_modulation,
     modulating_methods,
 )
@@ -71,7 +71,7 @@ def test_own_values_change_nothing_and_the_mean_or_fixed_values_do(backbone, met
     with edited_modulation(denoiser, drive, lambda site, gamma, beta, mean: seen.append(mean) or (gamma, beta)):
         call(denoiser)
     t_emb = denoiser.t_embedder(torch.tensor([300]))
-    expected = caption_parameters(method, drive, t_emb)
+    expected = [(m.scale, m.shift) for m in caption_modulation(method, drive, t_emb)]
     assert len(seen) == len(expected) == sum(m.gate is None for m in method.modulation(drive.signals(t_emb)))
     for mean, (gamma, beta) in zip(seen, expected, strict=True):  # the captions' mean at the call's timestep
         torch.testing.assert_close(mean, torch.stack([gamma.mean(0), beta.mean(0)]))
