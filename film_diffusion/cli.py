@@ -137,6 +137,32 @@ def _add_analyze(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", help="cpu, cuda, cuda:1, ... (default: cuda when there is one)")
 
 
+def _evaluate(args: argparse.Namespace) -> None:
+    from film_diffusion.benchmark import run_evaluate
+
+    out = run_evaluate(args.path, suite=args.suite, split=args.split, out=args.out, samples=args.samples,
+                       seed=args.seed, batch_size=args.batch_size, steps=args.steps,
+                       guidance_scale=args.guidance_scale, device=args.device)  # fmt: skip
+    print((out / "results.md").read_text(), end="")
+    print(f"done: {out / 'results.json'}")
+
+
+def _add_evaluate(parser: argparse.ArgumentParser) -> None:
+    from film_diffusion.evaluation.suite import SUITES
+
+    parser.add_argument("path", metavar="RUN_OR_PIPELINE", help="a run folder (its pipeline/) or a pipeline folder")
+    parser.add_argument("--suite", default="full", help=f"categories to run: {', '.join(SUITES)} (default full: "
+                        "every category the model can be asked)")
+    parser.add_argument("--split", default="val", help="val (default: for tuning) or test (for figures you report)")
+    parser.add_argument("--out", help="output folder (default RUN/evaluation/SUITE-SPLIT)")
+    parser.add_argument("--samples", type=int, default=200, help="images per category (default 200)")
+    parser.add_argument("--seed", type=int, default=0, help="noise seed; the prompts are fixed (default 0)")
+    parser.add_argument("--batch-size", type=int, default=50, help="images sampled at once (default 50)")
+    parser.add_argument("--steps", type=int, help="sampling steps (default: the pipeline's)")
+    parser.add_argument("--guidance-scale", type=float, help="classifier-free guidance (default: the pipeline's)")
+    parser.add_argument("--device", help="cpu, cuda, cuda:1, ... (default: cuda when there is one)")
+
+
 def _summary(args: argparse.Namespace) -> None:
     from film_diffusion.studies.summary import summary
 
@@ -179,6 +205,12 @@ COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Callab
         "when gamma or beta is replaced by its mean, fixed or noised.",
         _add_analyze,
         _analyze,
+    ),
+    "evaluate": (
+        "Score a run or pipeline on the benchmark suite (single object, two objects, counting, binding, position, "
+        "compositional) with the oracle: accuracies with intervals, one row and PNG per image.",
+        _add_evaluate,
+        _evaluate,
     ),
     "summary": (
         "Print a comparison's mean ± std table over seeds with the chosen columns (markdown), from its "

@@ -105,7 +105,7 @@ def run_sample(path: str | Path, prompts: Sequence[str] = (), prompts_file: str 
     out = Path(out)
     if out.suffix.lower() not in (".png", ".jpg", ".jpeg"):
         raise UserError(f"--out '{out}' must end in .png or .jpg.")
-    device = _device(device)
+    device = choose_device(device)
     pipe = load_pipeline(path)
     _check_inputs_fit(pipe, path, captions, class_labels)
     if scheduler is not None:
@@ -137,7 +137,7 @@ def run_sample(path: str | Path, prompts: Sequence[str] = (), prompts_file: str 
     return out
 
 
-def _device(name: str | None) -> torch.device:
+def choose_device(name: str | None) -> torch.device:
     """The --device option, checked before any work: CUDA when there is one by default."""
     if name is None:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")

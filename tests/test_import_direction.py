@@ -17,7 +17,8 @@ TIERS: list[tuple[str, ...]] = [  # lowest first; a name covers the module or pa
     ("film_diffusion.conditioning",),
     ("film_diffusion.backbones", "film_diffusion.convert", "film_diffusion.data", "film_diffusion.encoders",
      "film_diffusion.evaluation"),
-    ("film_diffusion.training", "film_diffusion.pipelines", "film_diffusion.sample", "film_diffusion.smoke"),
+    ("film_diffusion.training", "film_diffusion.pipelines", "film_diffusion.sample", "film_diffusion.smoke",
+     "film_diffusion.benchmark"),
     ("film_diffusion.studies",),
     ("film_diffusion.cli", "film_diffusion"),  # the root package only re-exports, lazily, by name
 ]

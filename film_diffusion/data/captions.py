@@ -19,12 +19,18 @@ POSITION_PHRASES = {
 }  # fmt: skip
 
 
+ALL_STATED = ("cell", "color", "shape", "size")
+
+
 @dataclass(frozen=True)
 class Template:
-    """How to word a scene; ``min_objects`` > 1 for templates that relate two objects."""
+    """How to word a scene; ``min_objects`` > 1 for templates that relate two objects. ``states`` names the
+    attributes its words give of every object: a wording that leaves one out is shared by every scene that
+    differs only there, so the splits key it by what it states (``film_diffusion.data.shapes.caption_split``)."""
 
     render: Callable[[Sequence[dict]], str]
     min_objects: int = 1
+    states: tuple[str, ...] = ALL_STATED
 
 
 def _join(parts: Sequence[str]) -> str:
@@ -84,9 +90,9 @@ TEMPLATES: dict[str, Template] = {
     "full": Template(_full),
     "counted": Template(_counted),
     "position_first": Template(_position_first),
-    "attributes": Template(_attributes),
-    "counts": Template(_counts),
-    "relation": Template(_relation, min_objects=2),
+    "attributes": Template(_attributes, states=("color", "shape", "size")),
+    "counts": Template(_counts, states=("color", "shape")),
+    "relation": Template(_relation, min_objects=2, states=("color", "shape", "size")),
 }
 
 

@@ -2,10 +2,14 @@
 a 3x3 grid, each with its caption and exact ground truth. Item ``index`` of a split is a pure function
 of ``(seed, split, index)``, so every run and every worker process sees the same bytes.
 
-Splits never share a scene: a hash of a scene's content (its objects, ignoring jitter) puts it in one
-of ten buckets; "val" keeps bucket 0, "test" bucket 1, "train" the rest. A compositional split in the
-manner of CLEVR-CoGenT: ``holdout`` lists (colour, shape) pairs that never appear in "train" or "val";
-"test" is then made only of them (and needs no bucket to stay apart).
+Splits never share a scene or a caption's text: a hash of a key puts each in one of ten buckets; "val"
+keeps bucket 0, "test" bucket 1, "train" the rest (:func:`split_of`). A one-object scene is keyed by its
+object (cell, colour, shape, size); a scene of two or more by the multiset of its (colour, shape) pairs,
+since a wording such as "a red circle and a blue square" names no cell or size and must fall in one split
+whichever cells and sizes show it. A caption is keyed by what it states (:func:`caption_split`), and an
+item is a scene with a caption whose splits are both the item's. A compositional split in the manner of
+CLEVR-CoGenT: ``holdout`` lists (colour, shape) pairs that never appear in "train" or "val"; "test" is
+then made only of them (and needs no bucket to stay apart).
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from film_diffusion.data.captions import TEMPLATES, caption
+from film_diffusion.data.captions import ALL_STATED, TEMPLATES, caption
 from film_diffusion.data.render import render
 from film_diffusion.data.vocabulary import CELLS, COLORS, SHAPES, SIZES
 from film_diffusion.errors import UserError
@@ -30,6 +34,7 @@ ALL_PAIRS: tuple[tuple[str, str], ...] = tuple((c, s) for c in COLORS for s in S
 _SCENE, _RENDER, _CAPTION = 0, 1, 2  # independent random streams per item
 BUCKETS = 10
 EVAL_BUCKET = {"val": 0, "test": 1}
+_BUCKET_SPLIT = {bucket: split for split, bucket in EVAL_BUCKET.items()}
 MAX_DRAWS = 10_000  # a split whose scenes almost never land in its bucket is an error, not a hang
 
 
@@ -52,10 +57,31 @@ def sample_objects(
     return objects
 
 
-def content_bucket(objects: Sequence[dict]) -> int:
-    """The split bucket of a scene: a stable hash (the same in every process) of its objects, in any order."""
-    key = sorted((o["cell"], o["color"], o["shape"], o["size"]) for o in objects)
-    return hashlib.sha256(repr(key).encode()).digest()[0] % BUCKETS
+def split_of(key: object) -> str:
+    """The split of a key: a stable hash (the same in every process) puts it in one of ``BUCKETS`` buckets."""
+    bucket = hashlib.sha256(repr(key).encode()).digest()[0] % BUCKETS
+    return _BUCKET_SPLIT.get(bucket, "train")
+
+
+def _stated(objects: Sequence[dict], states: Sequence[str]) -> object:
+    """What a wording of ``objects`` that states ``states`` fixes: one object's stated attributes; of several,
+    the multiset of (colour, shape) pairs (every wording of several objects names each one's colour and shape)."""
+    if len(objects) == 1:
+        if tuple(states) == ALL_STATED:
+            return sorted((o["cell"], o["color"], o["shape"], o["size"]) for o in objects)
+        return (tuple(states), tuple(objects[0][k] for k in states))
+    return ("pairs", sorted((o["color"], o["shape"]) for o in objects))
+
+
+def scene_split(objects: Sequence[dict]) -> str:
+    """The split a scene belongs to (an empty board to "train")."""
+    return split_of(_stated(objects, ALL_STATED))
+
+
+def caption_split(objects: Sequence[dict], template: str) -> str:
+    """The split of the caption ``template`` gives ``objects``: keyed by what its words state, so one text
+    belongs to one split whichever scene it was written for."""
+    return split_of(_stated(objects, TEMPLATES[template].states))
 
 
 def scene_class(objects: Sequence[dict]) -> int:
@@ -120,22 +146,26 @@ class ShapesDataset(Dataset):
         if not 0 <= index < self.length:
             raise IndexError(f"Index {index} is out of range for a dataset of {self.length} items.")
         rng = item_rng(self.seed, self.split, index, _SCENE)
-        for _ in range(MAX_DRAWS):  # redraw until the scene belongs to this split
+        for _ in range(MAX_DRAWS):  # redraw until the scene, and a caption of it, belong to this split
             objects = sample_objects(rng, self.min_objects, self.max_objects, self.pairs)
-            if self._belongs(objects):
+            usable = self.captions_for(objects)
+            if usable:
                 break
         else:
             raise UserError(f"Split '{self.split}' has too few possible scenes to keep apart from the others; "
-                            "hold out fewer pairs or allow more objects.")  # fmt: skip
-        usable = [t for t in self.templates if TEMPLATES[t].min_objects <= len(objects)]
+                            "hold out fewer pairs, allow more objects or more caption templates.")  # fmt: skip
         template = usable[int(item_rng(self.seed, self.split, index, _CAPTION).integers(len(usable)))]
         return objects, caption(objects, template)
 
-    def _belongs(self, objects: list[dict]) -> bool:
+    def captions_for(self, objects: Sequence[dict]) -> list[str]:
+        """The chosen templates that can caption ``objects`` in this split: none when the scene is another
+        split's; else those whose caption's text is this split's too (held-out pairs are apart already)."""
+        fits = [t for t in self.templates if TEMPLATES[t].min_objects <= len(objects)]
         if self.split == "test" and self.holdout:
-            return True
-        bucket = content_bucket(objects)
-        return bucket == EVAL_BUCKET[self.split] if self.split in EVAL_BUCKET else bucket not in EVAL_BUCKET.values()
+            return fits
+        if scene_split(objects) != self.split:
+            return []
+        return [t for t in fits if caption_split(objects, t) == self.split]
 
     def __getitem__(self, index: int) -> dict:
         objects, text = self.scene(index)

@@ -22,9 +22,11 @@ def counterfactual_captions(
     """The true caption and the captions of every variant that changes ``attribute`` of object ``index``.
 
     Colour, shape, size and position are worded by the "full" template, where such a change alters one
-    word or phrase; count by the "counts" template ("two red circles"), where it alters only the number.
+    word or phrase; count by the "counted" template ("two shapes: ..."), where it alters the number and adds
+    or drops an object's phrase. (Not "counts": its one-object wording, "a red circle", states no cell, so
+    it can be a training caption even for a test scene.)
     """
-    template = "counts" if attribute == "count" else "full"
+    template = "counted" if attribute == "count" else "full"
     scenes = variants(objects, attribute, index, rng, max_objects)
     return caption(objects, template), [caption(scene, template) for scene in scenes]
 

@@ -59,3 +59,14 @@ def _feature_sets(a: np.ndarray | torch.Tensor, b: np.ndarray | torch.Tensor) ->
     if a.ndim != 2 or b.ndim != 2 or a.shape[1] != b.shape[1] or min(len(a), len(b)) < 2:
         raise ValueError(f"Need two (N >= 2, D) feature sets of the same D, got {tuple(a.shape)} and {tuple(b.shape)}.")
     return a, b
+
+
+def wilson_interval(successes: int, trials: int, z: float = 1.96) -> tuple[float, float]:
+    """The Wilson score interval of a proportion (95% at ``z=1.96``): unlike the normal approximation it stays
+    inside [0, 1] and is not empty at 0 or ``trials`` successes, which a benchmark near 0 or 1 needs."""
+    if trials == 0:
+        return float("nan"), float("nan")
+    p = successes / trials
+    centre = (p + z * z / (2 * trials)) / (1 + z * z / trials)
+    half = z / (1 + z * z / trials) * np.sqrt(p * (1 - p) / trials + z * z / (4 * trials * trials))
+    return float(max(0.0, centre - half)), float(min(1.0, centre + half))

@@ -1,6 +1,6 @@
 """Training the oracle on the CPU, on renders drawn fresh for every step from the oracle's own seed
-stream: every label is exact and no image is seen twice, so its accuracy on the dataset's test split
-measures reading, not memorising."""
+stream and only from training scenes: every label is exact, no image is seen twice and no val or test
+scene is ever drawn, so its accuracy on the dataset's test split measures reading, not memorising."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from film_diffusion.data.render import render
-from film_diffusion.data.shapes import ShapesDataset, check_resolution, sample_objects, to_tensor
+from film_diffusion.data.shapes import ShapesDataset, check_resolution, sample_objects, scene_split, to_tensor
 from film_diffusion.data.vocabulary import CELLS
 from film_diffusion.evaluation.oracle import ATTRIBUTES, ShapesOracle, encode_objects
 
@@ -20,7 +20,7 @@ MAX_NOISE = 0.04  # per-image Gaussian noise (in [-1, 1] units) so slightly nois
 
 
 class OracleScenes(Dataset):
-    """Scenes of 0 to 9 objects (every cell count, empty boards included) with their cell table."""
+    """Training-split scenes of 0 to 9 objects (every cell count, empty boards included) with their cell table."""
 
     def __init__(self, resolution: int, seed: int, length: int) -> None:
         self.resolution, self.seed, self.length = resolution, seed, length
@@ -31,6 +31,8 @@ class OracleScenes(Dataset):
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         scene_rng, render_rng = (np.random.default_rng([self.seed, TRAIN_STREAM, index, s]) for s in (0, 1))
         objects = sample_objects(scene_rng, 0, len(CELLS))
+        while scene_split(objects) != "train":  # a val or test scene is redrawn from the same stream
+            objects = sample_objects(scene_rng, 0, len(CELLS))
         return to_tensor(render(objects, self.resolution, render_rng)), encode_objects(objects)
 
 
@@ -73,8 +75,11 @@ def train_oracle(
     return oracle.eval()
 
 
-def evaluate_oracle(oracle: ShapesOracle, num_images: int = 2000, seed: int = 1) -> dict[str, float]:
-    """Accuracy on fresh scenes of the dataset's test split, which the oracle never trained on."""
-    scenes = ShapesDataset(oracle.resolution, split="test", seed=seed, length=num_images)
+def evaluate_oracle(
+    oracle: ShapesOracle, num_images: int = 2000, seed: int = 1, max_objects: int = 4
+) -> dict[str, float]:
+    """Accuracy on fresh scenes of 1 to ``max_objects`` objects (the benchmark's range) of the dataset's test
+    split, which the oracle never trained on."""
+    scenes = ShapesDataset(oracle.resolution, split="test", seed=seed, length=num_images, max_objects=max_objects)
     items = [scenes[i] for i in range(num_images)]
     return oracle.score(torch.stack([it["image"] for it in items]), [it["objects"] for it in items])

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 
 from film_diffusion.data import collate
 from film_diffusion.data.render import EXTENT, OUTLINES, PALETTE
-from film_diffusion.data.shapes import ALL_PAIRS, ShapesDataset, content_bucket
+from film_diffusion.data.shapes import ALL_PAIRS, ShapesDataset, scene_split
 from film_diffusion.data.vocabulary import CELLS, COLORS, SHAPES, SIZES
 from film_diffusion.errors import UserError
 
@@ -98,15 +98,15 @@ def test_splits_never_share_a_scene():
     assert train & val == train & test == val & test == set()
     assert train & content(ShapesDataset(split="train", seed=1, length=500))  # seeds share a split's pool of scenes
     keys = ("color", "shape", "size", "cell")
-    buckets = lambda scenes: {content_bucket([dict(zip(keys, o, strict=True)) for o in s]) for s in scenes}  # noqa: E731
-    assert buckets(val) == {0} and buckets(test) == {1}
+    splits = lambda scenes: {scene_split([dict(zip(keys, o, strict=True)) for o in s]) for s in scenes}  # noqa: E731
+    assert splits(val) == {"val"} and splits(test) == {"test"}
 
 
 def test_a_split_with_no_room_is_a_user_error():
     """One pair and one object leave 18 possible scenes; find a pair none of whose scenes is in val's bucket."""
     for pair in ALL_PAIRS:
         scenes = [[{"color": pair[0], "shape": pair[1], "size": z, "cell": c}] for z in SIZES for c in CELLS]
-        if all(content_bucket(s) != 0 for s in scenes):
+        if all(scene_split(s) != "val" for s in scenes):
             break
     else:
         pytest.fail("every pair has a one-object scene in val's bucket")
