@@ -119,7 +119,7 @@ def _generate(pipe: Any, batch: Sequence[Prompt], indices: Sequence[int], seed: 
     if pipe.text_encoder is not None:
         condition["prompt"] = [p.text for p in batch]
     if pipe.denoiser.null_class_label is not None:
-        condition["class_labels"] = [p.class_label if p.class_label is not None else 0 for p in batch]
+        condition["class_labels"] = [p.class_label for p in batch]
     with torch.inference_mode():
         images = pipe(**condition, num_inference_steps=steps, guidance_scale=guidance_scale, generator=generators,
                       output_type="pt").images

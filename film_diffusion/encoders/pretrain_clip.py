@@ -20,6 +20,7 @@ import numpy as np
 import torch
 import yaml
 from open_clip.loss import ClipLoss
+from open_clip.tokenizer import SimpleTokenizer
 from safetensors.torch import save_file
 from tqdm.auto import tqdm
 from transformers import get_cosine_schedule_with_warmup
@@ -29,6 +30,7 @@ from film_diffusion.config import config_to_dict, load_config
 from film_diffusion.data.captions import TEMPLATES, caption, caption_words
 from film_diffusion.data.render import render
 from film_diffusion.data.shapes import ShapesDataset, caption_split, scene_split, to_tensor
+from film_diffusion.data.vocabulary import CELLS, COLORS, SHAPES, SIZES
 from film_diffusion.encoders.clip_openclip import CONFIG_FILE, LOCAL_DIR, WEIGHTS_FILE, WORDS_FILE, OpenCLIP
 from film_diffusion.encoders.clip_retrieval import evaluate_clip
 from film_diffusion.encoders.counterfactuals import ATTRIBUTES, variants
@@ -42,7 +44,7 @@ def _default_model() -> dict:
         "embed_dim": 64,
         "init_logit_scale": 3.9,  # ln(50): a low starting temperature, so fine differences count from the start
         "vision_cfg": {"image_size": 48, "patch_size": 8, "width": 64, "layers": 3, "head_width": 32},
-        "text_cfg": {"context_length": 40, "vocab_size": 49408, "width": 64, "heads": 2, "layers": 3},
+        "text_cfg": {"context_length": 49, "vocab_size": 49408, "width": 64, "heads": 2, "layers": 3},
     }
 
 
@@ -131,6 +133,14 @@ def _check(config: PretrainClipConfig) -> None:
         )
     if config.model.get("vision_cfg", {}).get("image_size") != config.data.resolution:
         raise UserError("model.vision_cfg.image_size must equal data.resolution; set them to the same value.")
+    context = config.model.get("text_cfg", {}).get("context_length", 77)
+    needed = longest_caption(config.data.max_objects)
+    if context < needed:
+        raise UserError(
+            f"model.text_cfg.context_length is {context} tokens, but a caption of data.max_objects="
+            f"{config.data.max_objects} objects takes up to {needed}; raise it to at least {needed}, or the ends of "
+            "the longest captions are cut off in training."
+        )
     group = config.data.variants_per_scene + 1
     if config.data.variants_per_scene < 1 or config.train.batch_size % group:
         raise UserError(
@@ -143,6 +153,19 @@ def _check(config: PretrainClipConfig) -> None:
             f"data.variant_weights {weights} must give non-negative weights, not all zero, to attributes among "
             f"{', '.join(ATTRIBUTES)}; fix that mapping."
         )
+
+
+def longest_caption(max_objects: int) -> int:
+    """The most tokens (open_clip's tokenizer, start and end included) any caption of up to ``max_objects`` objects
+    takes: every word is tokenized alone, so the longest is each template's wording of objects that all have the
+    attribute values of most tokens, in the cells of most tokens (distinct, as a scene's are)."""
+    tokenizer = SimpleTokenizer()
+    most = {name: max(values, key=lambda v: len(tokenizer.encode(v))) for name, values in
+            (("color", COLORS), ("shape", SHAPES), ("size", SIZES))}  # fmt: skip
+    cells = sorted(CELLS, key=lambda c: -len(tokenizer.encode(c)))[:max_objects]
+    objects = [dict(most, cell=cell) for cell in cells]
+    return max(len(tokenizer.encode(caption(objects[:n], name))) + 2 for name, t in TEMPLATES.items()
+               for n in range(t.min_objects, max_objects + 1))  # fmt: skip
 
 
 def train(encoder: OpenCLIP, config: PretrainClipConfig) -> None:

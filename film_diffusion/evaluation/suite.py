@@ -101,7 +101,7 @@ class Prompt:
     objects: Objects
     stated: tuple[str, ...]
     relation: str | None = None
-    class_label: int | None = None
+    class_label: int = 0
     extra: tuple[str, ...] = field(default=())
 
 
@@ -147,10 +147,9 @@ def draw_prompts(
             objects[0] |= dict(zip(("color", "shape"), sorted(held)[int(rng.integers(len(held)))], strict=True))
         if scene_split(objects) != split or caption_split(objects, spec.template) != split:
             continue
-        text = caption(objects, spec.template)
-        label = None if takes_text else scene_class(objects)
-        if label is not None:
-            objects, text = objects[:1], f"class {label}: a {objects[0]['color']} {objects[0]['shape']}"
+        label = scene_class(objects)  # what a class-label model (or a model taking both) is given
+        text = caption(objects, spec.template) if takes_text else f"class {label}: a {objects[0]['color']} " \
+            f"{objects[0]['shape']}"
         kind = relation(objects[0], objects[1]) if spec.template == "relation" else None
         extra = tuple(e for e in spec.extra if takes_text or e in ("color", "shape"))
         prompts.append(Prompt(category, text, objects, stated, kind, label, extra))
@@ -168,7 +167,8 @@ def judge(prompt: Prompt, read: Sequence[dict]) -> dict[str, bool]:
     asked relation); what: the same by colour and shape alone, wherever they stand (so "what" tells apart from
     "where"); color/shape/size: the asked object is seen in its cell with that attribute (the oracle's per-object
     score); position: the occupied cells are exactly the asked ones; count: as many objects as asked;
-    colors/shapes: the asked colours (shapes) are all there, whichever shapes (colours) carry them.
+    colors/shapes: the asked colours (shapes) are all there, whichever shapes (colours) carry them. Where the
+    prompt states no cell (a class label), color/shape/size are judged like colors/shapes.
     """
     asked = prompt.objects
     right = _described(read, prompt.stated) == _described(asked, prompt.stated)
@@ -179,8 +179,10 @@ def judge(prompt: Prompt, read: Sequence[dict]) -> dict[str, bool]:
     checks = {"right": right}
     by_cell = {o["cell"]: o for o in read}
     for key in prompt.extra:
-        if key in ("color", "shape", "size"):
+        if key in ("color", "shape", "size") and "cell" in prompt.stated:
             checks[key] = all(by_cell.get(a["cell"], {}).get(key) == a[key] for a in asked)
+        elif key in ("color", "shape", "size"):  # a class label states no cell: the attribute wherever it is
+            checks[key] = _described(read, (key,)) == _described(asked, (key,))
         elif key == "position":
             checks[key] = set(by_cell) == {a["cell"] for a in asked}
         elif key == "count":

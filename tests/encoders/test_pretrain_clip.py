@@ -9,20 +9,27 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from open_clip.tokenizer import SimpleTokenizer
 
 from film_diffusion import cli
 from film_diffusion.config import load_config
-from film_diffusion.data.captions import caption_words
+from film_diffusion.data.captions import caption, caption_words
 from film_diffusion.data.shapes import ShapesDataset
 from film_diffusion.encoders import OpenCLIP, builtin
 from film_diffusion.encoders.clip_retrieval import ATTRIBUTES, evaluate_clip
-from film_diffusion.encoders.pretrain_clip import WEIGHTS_FILE, PretrainClipConfig, _group_captions, _scene_group
+from film_diffusion.encoders.pretrain_clip import (
+    WEIGHTS_FILE,
+    PretrainClipConfig,
+    _group_captions,
+    _scene_group,
+    longest_caption,
+)
 from film_diffusion.errors import UserError
 
 REPO = Path(__file__).resolve().parents[2]
 TINY_MODEL = (
     "model={embed_dim: 16, vision_cfg: {image_size: 16, patch_size: 8, width: 32, layers: 1, head_width: 16},"
-    " text_cfg: {context_length: 48, vocab_size: 49408, width: 32, heads: 2, layers: 2}}"
+    " text_cfg: {context_length: 49, vocab_size: 49408, width: 32, heads: 2, layers: 2}}"
 )
 TINY_RUN = [TINY_MODEL, "data.resolution=16", "data.scenes=32", "train.steps=2", "train.batch_size=8",
             "train.warmup_steps=1", "eval.scenes=20", "eval.pairs=10"]  # fmt: skip
@@ -42,7 +49,7 @@ def test_pretrain_clip_writes_an_open_clip_folder_that_loads_like_any_checkpoint
     model = open_clip.create_model(f"local-dir:{tiny_trained}").eval().requires_grad_(False)
     ids = open_clip.get_tokenizer(f"local-dir:{tiny_trained}")(["a small red circle at the top"])
     torch.testing.assert_close(encoder.encode(["a small red circle at the top"]).pooled, model.encode_text(ids))
-    assert (encoder.token_dim, encoder.pooled_dim, encoder.max_length) == (32, 16, 48)
+    assert (encoder.token_dim, encoder.pooled_dim, encoder.max_length) == (32, 16, 49)
     metrics = json.loads((tiny_trained / "metrics.json").read_text())
     assert {f"retrieval/{a}" for a in ATTRIBUTES} | {"image_to_caption_top1", "train_seconds"} <= set(metrics)
     config = load_config(tiny_trained / "pretrain_clip.yaml", PretrainClipConfig)
@@ -70,6 +77,19 @@ def test_a_batch_that_does_not_hold_whole_scene_groups_is_refused(tmp_path, caps
     args = ["pretrain-clip", str(REPO / "configs/clip_builtin.yaml"), f"output_dir={tmp_path / 'clip'}"]
     assert cli.main([*args, "train.batch_size=130"]) == 2
     assert "must be a multiple of data.variants_per_scene + 1 (4)" in capsys.readouterr().err
+    assert not (tmp_path / "clip").exists()
+
+
+def test_a_context_too_short_for_the_longest_caption_is_refused(tmp_path, capsys):
+    """Four objects in cyan (two tokens) in two-token cells take 49 tokens; 40 would cut the last object off."""
+    longest = max(len(SimpleTokenizer().encode(caption(scene, t))) + 2 for t in ("full", "counted", "position_first")
+                  for scene in [[{"color": "cyan", "shape": "star", "size": "large", "cell": c}
+                                 for c in ("top left", "top right", "bottom left", "bottom right")]])  # fmt: skip
+    assert longest_caption(4) == longest == 49 and longest_caption(3) < 49
+    args = ["pretrain-clip", str(REPO / "configs/clip_builtin.yaml"), f"output_dir={tmp_path / 'clip'}"]
+    assert cli.main([*args, TINY_MODEL.replace("context_length: 49", "context_length: 40"), "data.resolution=16"]) == 2
+    assert "context_length is 40 tokens, but a caption of data.max_objects=4 objects takes up to 49" in (
+        capsys.readouterr().err)
     assert not (tmp_path / "clip").exists()
 
 

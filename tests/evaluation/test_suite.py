@@ -67,6 +67,10 @@ def test_judge_tells_binding_swaps_and_wrong_cells():
     left_of = Prompt("position_relative", "", [RED_CIRCLE, BLUE_SQUARE], ("color", "shape", "size"), "to the left of")
     assert judge(left_of, [dict(RED_CIRCLE, cell="top left"), dict(BLUE_SQUARE, cell="top")])["right"] is True
     assert judge(left_of, [dict(RED_CIRCLE, cell="right"), dict(BLUE_SQUARE, cell="left")])["right"] is False
+    by_label = Prompt("single", "class 0: a red circle", [RED_CIRCLE], ("color", "shape"), extra=("color", "shape"))
+    assert judge(by_label, [dict(RED_CIRCLE, cell="top", size="large")]) == {"right": True, "color": True,
+                                                                             "shape": True}  # no cell is stated
+    assert judge(by_label, [dict(RED_CIRCLE, shape="star")]) == {"right": False, "color": True, "shape": False}
 
 
 @pytest.mark.parametrize("takes_text", [True, False], ids=["text", "class labels"])

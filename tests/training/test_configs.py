@@ -20,7 +20,7 @@ BUILT_IN = sorted(p.stem for p in CONFIGS.glob("*.yaml")
 def test_the_built_in_configs_are_the_quickstart_and_one_per_method_and_backbone():
     methods = ["film", "adaln_zero", "cross_attention", "concat", "adaln_zero_cross_attention",
                "film_cross_attention"]
-    assert BUILT_IN == sorted(["quickstart"] + [f"{b}_{m}" for b in ("dit", "unet") for m in methods])
+    assert BUILT_IN == sorted(["quickstart", "multi_object"] + [f"{b}_{m}" for b in ("dit", "unet") for m in methods])
 
 
 @pytest.mark.parametrize("name", BUILT_IN)
@@ -42,6 +42,18 @@ def test_full_size_recipe_loads_and_builds_on_the_meta_device(name):
         model = build_denoiser(config, channels, size, **(CLIP_L if text else dict.fromkeys(CLIP_L)))
     assert round(sum(p.numel() for p in model.parameters()) / 1e6, 1) == FULL_SIZE[name]
     assert next(model.parameters()).device.type == "meta"
+
+
+def test_the_multi_object_config_mixes_scene_sizes_and_wordings():
+    from film_diffusion.training.build import build_dataset
+
+    config = load_experiment(CONFIGS / "multi_object.yaml", ["data.length=600"])
+    scenes = build_dataset(config.data, config.condition)
+    items = [scenes.scene(i) for i in range(len(scenes))]
+    assert {len(objects) for objects, _ in items} == {1, 2, 3, 4}
+    counts_wording = sum(" and " in text and "at" not in text.split() for objects, text in items if len(objects) > 1)
+    assert any(" to the left of " in t or " above " in t or " below " in t or " to the right of " in t
+               for _, t in items) and counts_wording > 50
 
 
 def test_latent_shape_follows_the_vae(tiny_vae_folder):
