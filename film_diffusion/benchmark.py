@@ -37,7 +37,8 @@ def run_evaluate(path: str | Path, suite: str = "full", split: str = "val", out:
                  guidance_scale: float | None = None, device: str | None = None) -> Path:
     """Score the pipeline in ``path`` (a pipeline folder or a run's) on ``suite`` over ``split``; returns OUT
     (default ``RUN/evaluation/SUITE-SPLIT``). ``samples`` images per category, the noise of image ``i`` of a
-    category seeded by ``(seed, category, i)``: the same arguments give the same images on the same machine."""
+    category seeded by ``(seed, category, i)``: the same arguments give the same images on the same machine, and another
+    batch size only float rounding (at most one level of 255 in a few pixels)."""
     if samples < 1 or batch_size < 1:
         raise UserError("--samples and --batch-size must be at least 1.")
     folder = pipeline_folder(path)
@@ -112,7 +113,8 @@ def _check_class_model(pipe: Any, takes_text: bool) -> None:
 def _generate(pipe: Any, batch: Sequence[Prompt], indices: Sequence[int], seed: int, steps: int | None,
               guidance_scale: float | None) -> torch.Tensor:
     """The batch's images ``[B, 3, H, W]`` in [0, 1], each from its own noise: a generator per image, seeded by
-    ``(seed, category, index within the category)``, so an image does not depend on the batch it is in."""
+    ``(seed, category, index within the category)``, so an image does not depend on the batch it is in (beyond float
+    rounding)."""
     generators = [torch.Generator().manual_seed(_noise_seed(seed, p.category, i)) for p, i in zip(batch, indices,
                                                                                                   strict=True)]
     condition: dict[str, Any] = {}

@@ -10,6 +10,7 @@ import torch
 import yaml
 from diffusers import DDIMScheduler
 from factories import randomize_
+from PIL import Image
 from runs import one_error_line
 
 from film_diffusion import DiT
@@ -150,3 +151,17 @@ def test_not_a_pipeline_or_a_folder_trained_run_is_one_sentence(tmp_path, capsys
     (tmp_path / "run" / "config.yaml").write_text(yaml.safe_dump({"data": {"name": "folder"}}))
     assert main(["evaluate", str(tmp_path / "run")]) == 2
     assert "was trained on a folder of images" in one_error_line(capsys, "evaluate")
+
+
+def test_an_image_does_not_depend_on_the_batch_it_was_sampled_in(tmp_path):
+    """Each image has its own noise; another batch size changes only float rounding (matmuls block differently),
+    at most one level of 255 in a few pixels."""
+    pixel_pipeline().save_pretrained(tmp_path / "pipe")
+    for batch in (2, 5):
+        assert main(["evaluate", str(tmp_path / "pipe"), "--suite", "single", "--samples", "5", "--batch-size",
+                     str(batch), "--out", str(tmp_path / f"batch{batch}")]) == 0  # fmt: skip
+    pixels = lambda out: np.stack([np.asarray(Image.open(p), dtype=int)  # noqa: E731
+                                   for p in sorted((out / "images" / "single").glob("*.png"))])
+    two, five = pixels(tmp_path / "batch2"), pixels(tmp_path / "batch5")
+    assert two.shape == (5, 32, 32, 3) and np.abs(two - five).max() <= 1 and (two != five).mean() < 0.01
+    assert all(np.abs(two[i] - two[j]).mean() > 10 for i in range(5) for j in range(i))  # and each its own noise
