@@ -185,7 +185,9 @@ def markdown(rows: list[dict], groups: list[dict], keys: list[str], config: Comp
              f"matrix varies it: "
              f"{train.max_steps} steps of batch {train.batch_size}, "
              f"{precision} precision, lr {train.lr:g}, data `{first.data.name}` at "
-             f"{first.data.resolution} px, scored on {first.eval.scenes} held-out captions with "
+             f"{first.data.resolution} px, scored on {first.eval.scenes} captions of the val split (held out; "
+             f"the split to tune on, not to report: `film-diffusion evaluate RUN --split test` scores a run on test) "
+             f"with "
              f"{first.sample.steps} sampling steps at guidance {first.sample.guidance_scale:g}. Matrix: "
              + "; ".join(f"`{k}` in {len(v)} values" for k, v in config.matrix.items()) + ".", "",
              _sizing_sentence(config) + " Conditioning parameters are those of the conditioning stack (embedders, "
