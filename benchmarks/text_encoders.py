@@ -45,11 +45,14 @@ def main() -> None:
     parser.add_argument("--clip", help="an OpenCLIP model name such as local-dir:FOLDER (default: the built-in CLIP)")
     parser.add_argument("--scenes", type=int, default=500, help="held-out scenes to score (default 500)")
     parser.add_argument("--seed", type=int, default=1, help="seed of the held-out scenes (default 1)")
+    parser.add_argument("--max-objects", type=int, default=4, help="objects per scene, 1 to N (default 4, as the "
+                        "built-in CLIP trains)")
     args = parser.parse_args()
 
     encoder = OpenCLIP(args.clip) if args.clip else builtin_clip()
     resolution = encoder.model.visual.preprocess_cfg["size"]
-    held_out = ShapesDataset(resolution if isinstance(resolution, int) else resolution[0], "test", args.seed)
+    size = resolution if isinstance(resolution, int) else resolution[0]
+    held_out = ShapesDataset(size, "test", args.seed, max_objects=args.max_objects)
     metrics = evaluate_clip(encoder, held_out, scenes=args.scenes, seed=args.seed)
     print("| " + " | ".join(ATTRIBUTES) + " | image-to-caption top-1 (of 100) |")
     print("|" + " --- |" * (len(ATTRIBUTES) + 1))

@@ -40,7 +40,8 @@ def evaluate_clip(
     (``image_to_caption_top1``) among ``pairs`` random pairs, averaged over ``draws`` draws.
 
     Alternatives are scenes the dataset could hold (at most ``max_objects`` objects); a scene where no
-    object has a count variant is left out of the count figure (``scenes/count`` says how many remain).
+    object has a count variant is left out of the count figure (``scenes/count`` says how many remain; with none,
+    the figure is NaN).
     """
     rng = np.random.default_rng(seed)
     items = [dataset[i] for i in range(scenes)]
@@ -56,6 +57,10 @@ def evaluate_clip(
                 if alternatives:
                     tests.append((image, true, alternatives))
                     break
+        metrics[f"scenes/{attribute}"] = len(tests)
+        if not tests:  # e.g. count, when every scene already holds max_objects objects of one object each
+            metrics[f"retrieval/{attribute}"] = float("nan")
+            continue
         texts = _embed_text(encoder, [c for _, true, alternatives in tests for c in (true, *alternatives)])
         hits, start = [], 0
         for image, _, alternatives in tests:
@@ -63,7 +68,6 @@ def evaluate_clip(
             hits.append(bool(scores[0] > scores[1:].max()))
             start += 1 + len(alternatives)
         metrics[f"retrieval/{attribute}"] = float(np.mean(hits))
-        metrics[f"scenes/{attribute}"] = len(tests)
     captions = [item["caption"] for item in items]
     similarity = images @ _embed_text(encoder, captions).T  # (scenes, scenes)
     top1 = []

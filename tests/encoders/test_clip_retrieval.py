@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 
-from film_diffusion.encoders.clip_retrieval import counterfactual_captions
+from film_diffusion.data.shapes import ShapesDataset
+from film_diffusion.encoders import builtin_clip
+from film_diffusion.encoders.clip_retrieval import counterfactual_captions, evaluate_clip
 from film_diffusion.encoders.counterfactuals import variants
 
 SCENE = [
@@ -32,9 +36,22 @@ def test_position_moves_the_object_to_every_free_cell():
 
 
 def test_count_changes_only_the_number_of_that_kind():
+    """Worded by "counted": the number changes and an object's phrase is added or dropped, nothing else."""
     true, alternatives = counterfactual_captions(SCENE, "count", 0, np.random.default_rng(0), max_objects=9)
-    assert true == "two red circles and a blue star"
-    assert alternatives == [f"{n} and a blue star" for n in ("a red circle", "three red circles", "four red circles")]
+    assert true.startswith("three shapes: a small red circle at the top left, a large blue star in the center")
+    assert [a.split(":")[0] for a in alternatives] == ["two shapes", "four shapes", "five shapes"]
+    for alternative in alternatives:  # the first two objects stay; only red circles come or go
+        phrases = alternative.split(": ", 1)[1].replace(" and ", ", ").split(", ")
+        assert phrases[:2] == ["a small red circle at the top left", "a large blue star in the center"]
+        assert all(" red circle " in p for p in phrases[2:])
+
+
+def test_an_attribute_no_scene_can_vary_is_nan_not_a_crash():
+    """One-object scenes with max_objects=1 have no count variant: the figure is NaN over 0 scenes."""
+    metrics = evaluate_clip(builtin_clip(), ShapesDataset(48, "test", seed=1, max_objects=1), scenes=12, pairs=10,
+                            draws=2)  # fmt: skip
+    assert metrics["scenes/count"] == 0 and math.isnan(metrics["retrieval/count"])
+    assert metrics["scenes/color"] == 12 and 0 <= metrics["retrieval/color"] <= 1
 
 
 @pytest.mark.parametrize("attribute", ["color", "shape", "size", "position"])
