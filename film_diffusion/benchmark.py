@@ -96,7 +96,11 @@ def _run_holdout(folder: Path) -> list[tuple[str, str]]:
     config_file = folder.parent / "config.yaml"
     if not config_file.is_file():
         return []
-    data = (yaml.safe_load(config_file.read_text()) or {}).get("data", {})
+    try:
+        data = (yaml.safe_load(config_file.read_text()) or {}).get("data") or {}
+    except (yaml.YAMLError, AttributeError):
+        raise UserError(f"'{config_file}' is not a run's config (YAML mapping); repair it or evaluate the pipeline "
+                        "folder alone.") from None
     if data.get("name", "shapes") != "shapes":
         raise UserError(f"'{folder.parent}' was trained on a folder of images, not the built-in scenes that the "
                         "suite asks for and the oracle reads; evaluate a run trained on data.name: shapes.")

@@ -151,6 +151,9 @@ def test_not_a_pipeline_or_a_folder_trained_run_is_one_sentence(tmp_path, capsys
     (tmp_path / "run" / "config.yaml").write_text(yaml.safe_dump({"data": {"name": "folder"}}))
     assert main(["evaluate", str(tmp_path / "run")]) == 2
     assert "was trained on a folder of images" in one_error_line(capsys, "evaluate")
+    (tmp_path / "run" / "config.yaml").write_text("data: [unclosed")
+    assert main(["evaluate", str(tmp_path / "run")]) == 2
+    assert "config.yaml' is not a run's config (YAML mapping)" in one_error_line(capsys, "evaluate")
 
 
 def test_an_image_does_not_depend_on_the_batch_it_was_sampled_in(tmp_path):
