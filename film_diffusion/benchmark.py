@@ -16,7 +16,6 @@ from typing import Any
 
 import numpy as np
 import torch
-import yaml
 from PIL import Image
 from tqdm.auto import tqdm
 
@@ -27,6 +26,7 @@ from film_diffusion.evaluation.oracle_weights import load_oracle
 from film_diffusion.evaluation.suite import CATEGORIES, Prompt, categories_for, draw_prompts, judge, summarize
 from film_diffusion.grid import labelled_grid
 from film_diffusion.sample import choose_device, load_pipeline, pipeline_folder
+from film_diffusion.training.run_folder import CONFIG, saved_config
 
 GRID_ROWS = 12
 RESULTS = "results.json"
@@ -93,16 +93,16 @@ def score_prompts(generate: Callable[[Sequence[Prompt], Sequence[int]], torch.Te
 def _run_holdout(folder: Path) -> list[tuple[str, str]]:
     """The (colour, shape) pairs the run held out, from its config beside the pipeline (none for a lone pipeline);
     a run trained on a folder of images is refused: the suite asks for built-in scenes."""
-    config_file = folder.parent / "config.yaml"
-    if not config_file.is_file():
+    run = folder.parent
+    if not (run / CONFIG).is_file():
         return []
-    try:
-        data = (yaml.safe_load(config_file.read_text()) or {}).get("data") or {}
-    except (yaml.YAMLError, AttributeError):
-        raise UserError(f"'{config_file}' is not a run's config (YAML mapping); repair it or evaluate the pipeline "
-                        "folder alone.") from None
+    config = saved_config(run)
+    data = (config.get("data") or {}) if isinstance(config, dict) else None  # None: torn, or not a mapping
+    if not isinstance(data, dict):
+        raise UserError(f"'{run / CONFIG}' is not a run's config (YAML mapping); repair it or evaluate the pipeline "
+                        "folder alone.")
     if data.get("name", "shapes") != "shapes":
-        raise UserError(f"'{folder.parent}' was trained on a folder of images, not the built-in scenes that the "
+        raise UserError(f"'{run}' was trained on a folder of images, not the built-in scenes that the "
                         "suite asks for and the oracle reads; evaluate a run trained on data.name: shapes.")
     return [tuple(pair) for pair in data.get("holdout") or []]
 
