@@ -154,6 +154,25 @@ class SelfAttention(nn.Module):
     def forward(self, x: torch.Tensor, key_mask: torch.Tensor | None = None) -> torch.Tensor:
         return self.proj(self_attention(self.qkv(x), self.num_heads, key_mask))
 
+    def forward_joint(self, x: torch.Tensor, other: torch.Tensor,
+                      key_mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Attention over ``x``'s tokens and another stream's together, one softmax over both (SD3's MMDiT).
+
+        ``other`` is the other stream's own projections ``(B, L, 3C)`` (queries, keys, values) or ``(B, L, 2C)``
+        (keys and values only: a stream that reads nothing back). ``key_mask`` ``(B, N + L)`` covers both
+        streams' keys. Returns ``x``'s output, projected by this layer, and the other stream's unprojected
+        attention output ``(B, L, C)`` (None for keys and values only): each stream projects its own.
+        """
+        n, c = x.shape[1], x.shape[2]
+        q, k, v = self.qkv(x).split(c, dim=-1)
+        parts = other.split(c, dim=-1)
+        other_q, (other_k, other_v) = (parts[0], parts[1:]) if len(parts) == 3 else (None, parts)
+        if other_q is not None:
+            q = torch.cat([q, other_q.to(q.dtype)], dim=1)
+        k, v = torch.cat([k, other_k.to(k.dtype)], dim=1), torch.cat([v, other_v.to(v.dtype)], dim=1)
+        out = attention(q, k, v, self.num_heads, key_mask)  # (B, N [+ L], C)
+        return self.proj(out[:, :n]), None if other_q is None else out[:, n:]
+
 
 class TanhGelu(nn.Module):
     """GELU with the tanh approximation, as DiT uses it: ``F.gelu(x, approximate="tanh")``.

@@ -31,7 +31,8 @@ from film_diffusion.layers import (
 
 class DiTBlock(nn.Module):
     """Pre-norm transformer block: token mixer (self-attention or FFNified), (context site), MLP, each
-    branch gated. The sites are the same whichever the token mixer."""
+    branch gated. The sites are the same whichever the token mixer, but for the joint site, which only
+    self-attention has. A block takes and returns the token stream a joint method carries (None without one)."""
 
     def __init__(self, prefix: str, hidden_size: int, num_heads: int, mlp_ratio: float, token_mixer: str = "attention",
                  grid: int = 0, mixer_kernel_size: int = 7, mixer_fused: bool = False):
@@ -46,22 +47,27 @@ class DiTBlock(nn.Module):
             Site(f"{prefix}.in", "block_in", hidden_size),
             Site(f"{prefix}.attn_norm", "norm", hidden_size),
             Site(f"{prefix}.attn_gate", "gate", hidden_size),
+            *([Site(f"{prefix}.joint", "joint", hidden_size, num_heads=num_heads)] if token_mixer == "attention"
+              else []),
             Site(f"{prefix}.context", "context", hidden_size, num_heads=num_heads),
             Site(f"{prefix}.mlp_norm", "norm", hidden_size),
             Site(f"{prefix}.mlp_gate", "gate", hidden_size),
             Site(f"{prefix}.out", "block_out", hidden_size),
         ]
         self.site_in, self.site_attn_norm, self.site_attn_gate, self.site_context, \
-            self.site_mlp_norm, self.site_mlp_gate, self.site_out = (s.name for s in self.sites)
+            self.site_mlp_norm, self.site_mlp_gate, self.site_out = (s.name for s in self.sites if s.kind != "joint")
+        self.site_joint = f"{prefix}.joint"
 
-    def forward(self, x: torch.Tensor, state: SiteState, key_mask: torch.Tensor | None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, state: SiteState, key_mask: torch.Tensor | None,
+                stream: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
         x = state.affine(self.site_in, x)                                   # (B, T, H)
         h = state.affine(self.site_attn_norm, self.norm1(x))
-        x = state.gated_add(self.site_attn_gate, x, self.attn(h, key_mask))
+        mixed, stream = state.joint_attention(self.site_joint, self.attn, h, key_mask, stream)
+        x = state.gated_add(self.site_attn_gate, x, mixed)
         x = state.residual(self.site_context, x)
         h = state.affine(self.site_mlp_norm, self.norm2(x))
         x = state.gated_add(self.site_mlp_gate, x, self.mlp(h))
-        return state.affine(self.site_out, x)
+        return state.affine(self.site_out, x), stream
 
 
 class FinalLayer(nn.Module):
@@ -196,9 +202,10 @@ class DiT(NullClassMixin, CheckpointedBlocksMixin, ModelMixin, ConfigMixin):
         state = self.conditioner(self.t_embedder(t), condition, class_labels)
         num_patches = x.shape[1]
         x, key_mask = state.extend_sequence(self.sequence_site.name, x)  # (B, T + extra, H)
+        stream = state.stream                                              # a joint method's caption tokens, or None
         for block in self.blocks:
-            x = self.run_block(block, x, state, key_mask)
-        x = self.final_layer(x[:, :num_patches], state)                  # in-context tokens never reach the grid
+            x, stream = self.run_block(block, x, state, key_mask, stream)
+        x = self.final_layer(x[:, :num_patches], state)  # in-context tokens and the stream never reach the grid
         out = unpatchify(x, cfg.patch_size, self.out_channels, self.grid)  # (B, C_out, H, W)
         return DenoiserOutput(sample=out) if return_dict else (out,)
 

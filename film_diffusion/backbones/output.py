@@ -2,6 +2,7 @@
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from diffusers.utils import BaseOutput
@@ -34,7 +35,7 @@ class CheckpointedBlocksMixin:
     gradient_checkpointing = False  # diffusers sets it (and _gradient_checkpointing_func) per model
     _gradient_checkpointing_func: Callable
 
-    def run_block(self, block: torch.nn.Module, *args: object) -> torch.Tensor:
+    def run_block(self, block: torch.nn.Module, *args: object) -> Any:
         if self.gradient_checkpointing and torch.is_grad_enabled():
             return self._gradient_checkpointing_func(block, *args)
         return block(*args)

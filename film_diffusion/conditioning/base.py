@@ -54,6 +54,9 @@ class ConditioningMethod(nn.Module, ABC):
     """
 
     name: str
+    timestep_method: bool = False
+    """A way of taking the timestep (adaLN-single): under ``timestep_route="native"`` a listed method of this kind
+    carries the timestep in place of the backbone's own timestep method."""
 
     def __init__(self, wiring: Wiring):
         super().__init__()

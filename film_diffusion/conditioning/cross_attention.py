@@ -6,9 +6,17 @@ masked out, and a sample with no real token gets a zero update. With ``timestep_
 the timestep embedding becomes one more key/value token. A model without condition tokens (class labels)
 attends to its embedded pooled condition as a single token: with the timestep on the same route, the DiT
 paper's cross-attention block, which attends to the length-two sequence of the timestep and class embeddings.
+
+With ``gate`` the update is multiplied by ``tanh(alpha)``, ``alpha`` a learned scalar per site (``"layer"``) or
+per head (``"head"``) that starts at 0, as Flamingo's and Lumina-Next's gated cross-attention: the model starts
+by ignoring the caption, whatever the other weights. The gate multiplies each head's attention output before
+the output projection (which then has no bias, so a zero gate gives a zero update), and the projection is not
+zeroed: a zero gate times a zero projection would give neither a gradient.
 """
 
 from __future__ import annotations
+
+from typing import Literal
 
 import torch
 from torch import nn
@@ -22,14 +30,22 @@ from film_diffusion.layers import attention, zero_module
 class CrossAttention(ConditioningMethod):
     """Options:
         num_heads: attention heads at every site (default: the backbone's head count there).
-        zero_init: zero the output projections (default True, as PixArt-alpha does) so that every
-                   cross-attention starts as the identity.
+        zero_init: zero the output projections so that every cross-attention starts as the identity (default:
+                   True without a gate, as PixArt-alpha does; a gate makes it the identity instead).
+        gate:      ``"layer"`` or ``"head"``: a ``tanh`` gate per site or per head, zero at init (default None).
     """
 
     name = "cross_attention"
 
-    def __init__(self, wiring: Wiring, num_heads: int | None = None, zero_init: bool = True):
+    def __init__(self, wiring: Wiring, num_heads: int | None = None, zero_init: bool | None = None,
+                 gate: Literal["layer", "head"] | None = None):
         super().__init__(wiring)
+        if gate not in (None, "layer", "head"):
+            raise UserError(f"cross_attention option gate={gate!r} is unknown; use 'layer', 'head' or leave it unset.")
+        if gate is not None and zero_init:
+            raise UserError("cross_attention with a gate cannot also zero its output projections: a zero gate times a "
+                            "zero projection gets no gradient, so neither would learn; drop zero_init.")
+        zero_init = gate is None if zero_init is None else zero_init
         self.pooled_token = wiring.use_condition and wiring.token_dim is None and wiring.has_pooled
         if self.pooled_token:
             self.require_pooled(wiring)
@@ -47,7 +63,9 @@ class CrossAttention(ConditioningMethod):
         self.to_kv = nn.Linear(token_dim, sum(self.kv_sizes), bias=False)  # all sites' keys and values at once
         self.norms = nn.ModuleList(nn.LayerNorm(s.channels) for s in self.sites)
         self.to_q = nn.ModuleList(nn.Linear(s.channels, s.channels, bias=False) for s in self.sites)
-        self.to_out = nn.ModuleList(nn.Linear(s.channels, s.channels) for s in self.sites)
+        self.to_out = nn.ModuleList(nn.Linear(s.channels, s.channels, bias=gate is None) for s in self.sites)
+        self.gates = None if gate is None else nn.ParameterList(
+            nn.Parameter(torch.zeros(heads if gate == "head" else 1)) for heads in self.heads)
         if zero_init:
             for proj in self.to_out:
                 zero_module(proj)
@@ -85,5 +103,9 @@ class CrossAttention(ConditioningMethod):
     def attend(self, index: int, x: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None,
                has_tokens: torch.Tensor | None) -> torch.Tensor:
         q = self.to_q[index](self.norms[index](x))
-        update = self.to_out[index](attention(q, k.to(q.dtype), v.to(q.dtype), self.heads[index], mask))
+        read = attention(q, k.to(q.dtype), v.to(q.dtype), self.heads[index], mask)  # (B, N, C), heads side by side
+        if self.gates is not None:
+            gate = self.gates[index].tanh().to(read.dtype)
+            read = (read.unflatten(-1, (gate.shape[0], -1)) * gate[:, None]).flatten(-2)
+        update = self.to_out[index](read)
         return update if has_tokens is None else update * has_tokens.to(update.dtype)  # (B, N, C)

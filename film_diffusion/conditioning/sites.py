@@ -13,8 +13,9 @@ from dataclasses import dataclass
 from typing import Literal
 
 import torch
+from torch import nn
 
-SiteKind = Literal["input", "sequence", "norm", "gate", "block_in", "block_out", "context"]
+SiteKind = Literal["input", "sequence", "norm", "gate", "block_in", "block_out", "context", "joint"]
 """What a method may do at a site:
 
 - ``input``:     the image input ``(B, C, H, W)``; a method may concatenate channels.
@@ -23,9 +24,21 @@ SiteKind = Literal["input", "sequence", "norm", "gate", "block_in", "block_out",
 - ``gate``:      a residual branch's output just before the add; a method may scale it per channel.
 - ``block_in`` / ``block_out``: a block's input / output; per-channel affine, like ``norm``.
 - ``context``:   a place in a block for a residual update that reads the condition tokens.
+- ``joint``:     a block's self-attention, which a method may join with a token stream of its own that the backbone
+                 carries from block to block (``SiteState.stream``): one softmax over the block's tokens and the
+                 stream's, each stream with its own projections (SD3's MMDiT). The backbone passes its attention
+                 layer, which has ``forward_joint`` (``layers.SelfAttention``); a block without self-attention has
+                 no joint site.
+
+A site's name ends with its role in its block (``blocks.3.attn_norm`` -> ``attn_norm``): sites of one role in
+different blocks play the same part, which a method that shares parameters among blocks reads (adaLN-single).
 """
 
 Layout = Literal["tokens", "image"]
+
+Join = Callable[[nn.Module, torch.Tensor, "torch.Tensor | None", "torch.Tensor | None"],
+                tuple[torch.Tensor, "torch.Tensor | None"]]
+"""What a method registers at a ``joint`` site: see :meth:`SiteState.add_join`."""
 
 
 @dataclass(frozen=True)
@@ -76,6 +89,11 @@ class SiteState:
         self._residuals: dict[str, list[Callable[[torch.Tensor], torch.Tensor]]] = defaultdict(list)
         self._tokens: dict[str, list[tuple[torch.Tensor, torch.Tensor | None]]] = defaultdict(list)
         self._channels: dict[str, list[torch.Tensor]] = defaultdict(list)
+        self._joins: dict[str, Join] = {}
+        self.stream: torch.Tensor | None = None
+        """The token stream a method carries through the blocks ``(B, L, C)``, or None. The backbone passes it
+        into and out of each block explicitly (never through this object), so a recomputed block (gradient
+        checkpointing) reads the stream it first read."""
 
     # -- registration (methods) ------------------------------------------------------------------
     def add_affine(self, site: Site, scale: torch.Tensor, shift: torch.Tensor) -> None:
@@ -93,6 +111,19 @@ class SiteState:
     def add_tokens(self, site: Site, tokens: torch.Tensor, mask: torch.Tensor | None = None) -> None:
         """Register ``(B, M, C)`` tokens to append to a sequence; ``mask`` ``(B, M)``, True = real."""
         self._tokens[site.name].append((tokens, mask))
+
+    def set_stream(self, tokens: torch.Tensor) -> None:
+        """Start the token stream the backbone carries through its blocks to the ``joint`` sites."""
+        if self.stream is not None:
+            raise ValueError("Two conditioning methods each started a token stream; a backbone carries one.")
+        self.stream = tokens
+
+    def add_join(self, site: Site, join: Join) -> None:
+        """Register ``join(attn, h, key_mask, stream) -> (attention output for h, the stream after this block)``
+        at a ``joint`` site; ``attn`` is the block's attention layer (see ``SiteKind``)."""
+        if site.name in self._joins:
+            raise ValueError(f"Two conditioning methods joined the attention at site '{site.name}'; list one.")
+        self._joins[site.name] = join
 
     def add_channels(self, site: Site, channels: torch.Tensor) -> None:
         """Register a ``(B, K)`` vector to broadcast over the image and concatenate as K input channels."""
@@ -119,6 +150,15 @@ class SiteState:
         for update in self._residuals.get(site, ()):
             x = x + update(x)
         return x
+
+    def joint_attention(self, site: str, attn: nn.Module, h: torch.Tensor, key_mask: torch.Tensor | None,
+                        stream: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The block's attention of ``h`` (joined by a method's stream if one registered here) and the stream
+        after this block (unchanged where no method joined)."""
+        join = self._joins.get(site)
+        if join is None:
+            return attn(h, key_mask), stream
+        return join(attn, h, key_mask, stream)
 
     def extend_sequence(self, site: str, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Append registered tokens to ``x`` ``(B, N, C)``; return it and a key mask (None if all real)."""

@@ -13,12 +13,14 @@ from typing import Any
 import torch
 from torch import nn
 
+from film_diffusion.conditioning.adaln_single import AdaLNSingle
 from film_diffusion.conditioning.adaln_zero import AdaLNZero
 from film_diffusion.conditioning.base import ConditioningMethod, Wiring
 from film_diffusion.conditioning.concat import Concat
 from film_diffusion.conditioning.condition import Condition
 from film_diffusion.conditioning.cross_attention import CrossAttention
 from film_diffusion.conditioning.film import FiLM
+from film_diffusion.conditioning.joint_attention import JointAttention
 from film_diffusion.conditioning.learned_null import LearnedNull
 from film_diffusion.conditioning.sites import Signals, Site, SiteState
 from film_diffusion.errors import UserError
@@ -29,6 +31,8 @@ METHODS: dict[str, type[ConditioningMethod]] = {
     "adaln_zero": AdaLNZero,
     "cross_attention": CrossAttention,
     "concat": Concat,
+    "adaln_single": AdaLNSingle,
+    "joint_attention": JointAttention,
 }
 
 TIMESTEP_ROUTES = ("native", "with_condition")
@@ -93,14 +97,22 @@ class ConditioningStack(nn.Module):
                       has_pooled=cond_pooled_dim is not None or num_classes is not None)
         self.methods = nn.ModuleDict()
         names = [name for name, _ in specs]
-        if timestep_route == "native" and native_method not in names:
+        carriers = [name for name, _ in specs if name == native_method or METHODS[name].timestep_method]
+        if len(carriers) > 1:
+            raise UserError(f"Conditioning methods {' and '.join(carriers)} would each modulate every block with the "
+                            "timestep; list one of them.")
+        if timestep_route == "native" and not carriers:
             self.methods["timestep"] = build_method(
                 native_method, Wiring(**shared, use_condition=False, use_timestep=True), {})
         for name, options in specs:
-            carries_time = timestep_route == "with_condition" or name == native_method
+            carries_time = timestep_route == "with_condition" or name in carriers
             self.methods[name] = build_method(name, Wiring(**shared, use_condition=True, use_timestep=carries_time),
                                               options)
         reads_pooled = any(m.reads_pooled for m in self.methods.values())
+        if specs and not any(m.reads_pooled or m.reads_tokens for m in self.methods.values()):
+            raise UserError(f"No listed conditioning method reads the condition ({', '.join(names)} without a pooled "
+                            "condition): set cond_pooled_dim (the text encoder's pooled_dim) or add cross_attention "
+                            "or joint_attention, which read the caption's tokens.")
         if num_classes is not None and not reads_pooled:
             raise UserError("num_classes is set but no listed method reads a pooled condition; add film, "
                             "adaln_zero or concat to conditioning.")

@@ -18,7 +18,7 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
 sys.path.insert(0, str(Path(__file__).parents[1]))
-from factories import METHOD_LISTS, noisy_batch, text_condition, tiny_model  # noqa: E402
+from factories import method_lists, methods_id, noisy_batch, text_condition, tiny_model  # noqa: E402
 
 LABELS_ONLY = {"num_classes": 5, "cond_token_dim": None, "cond_pooled_dim": None}
 TEXT_AND_LABELS = {"num_classes": 5}
@@ -26,7 +26,7 @@ TEXT_AND_LABELS = {"num_classes": 5}
 
 def cases() -> list[tuple[str, str, list[str], str, dict, bool]]:
     """(name, backbone, methods, route, model kwargs, whether the call passes text)."""
-    out = [(f"{b}-{'+'.join(m)}-{r}", b, m, r, {}, True) for b in ("dit", "unet") for m in METHOD_LISTS
+    out = [(f"{b}-{methods_id(m)}-{r}", b, m, r, {}, True) for b in ("dit", "unet") for m in method_lists(b)
            for r in ("native", "with_condition")]
     for b in ("dit", "unet"):
         for m in (["adaln_zero"], ["film"], ["concat"]):

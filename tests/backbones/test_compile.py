@@ -9,9 +9,10 @@ import copy
 
 import pytest
 import torch
-from factories import noisy_batch, randomize_, text_condition, tiny_model
+from factories import methods_id, noisy_batch, randomize_, text_condition, tiny_model
 
-CASES = [("dit", ["adaln_zero", "cross_attention"]), ("unet", ["film", "cross_attention"])]
+CASES = [("dit", ["adaln_zero", "cross_attention"]), ("unet", ["film", "cross_attention"]),
+         ("dit", ["adaln_single", "joint_attention"]), ("unet", ["film", {"name": "cross_attention", "gate": "head"}])]
 
 
 def loss_and_grads(model: torch.nn.Module) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
@@ -32,19 +33,19 @@ def check_training_step(backbone: str, methods: list[str], backend: str) -> None
         torch.testing.assert_close(compiled_grads[name], grad, atol=1e-5, rtol=1e-4, msg=name)
 
 
-@pytest.mark.parametrize(("backbone", "methods"), CASES)
+@pytest.mark.parametrize(("backbone", "methods"), CASES, ids=lambda v: v if isinstance(v, str) else methods_id(v))
 def test_compiled_training_step_matches_eager(backbone, methods):
     check_training_step(backbone, methods, backend="aot_eager")
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize(("backbone", "methods"), CASES)
+@pytest.mark.parametrize(("backbone", "methods"), CASES, ids=lambda v: v if isinstance(v, str) else methods_id(v))
 def test_inductor_training_step_matches_eager(backbone, methods):
     check_training_step(backbone, methods, backend="inductor")
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize(("backbone", "methods"), CASES)
+@pytest.mark.parametrize(("backbone", "methods"), CASES, ids=lambda v: v if isinstance(v, str) else methods_id(v))
 def test_compiled_model_matches_eager_in_eval_mode(backbone, methods):
     model = randomize_(tiny_model(backbone, methods)).eval()
     sample, t = noisy_batch()

@@ -25,7 +25,7 @@ def test_backbones_never_branch_on_a_method(path):
 
 
 def test_unknown_method_names_the_choices():
-    with pytest.raises(UserError, match=r"Unknown conditioning method 'flim'; choose from adaln_zero, concat, "):
+    with pytest.raises(UserError, match=r"Unknown conditioning method 'flim'; choose from adaln_single, adaln_zero, "):
         tiny_model("dit", ["flim"])
 
 
@@ -120,21 +120,25 @@ def test_channels_last_unet_gives_the_same_output():
     torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
 
 
-def test_dit_residual_stream_keeps_the_autocast_dtype_and_matches_float32():
+@pytest.mark.parametrize("methods", [["adaln_zero", "cross_attention"], ["adaln_zero", "joint_attention"]])
+def test_dit_residual_stream_keeps_the_autocast_dtype_and_matches_float32(methods):
     """Under bf16 autocast the blocks carry bf16 (as diffusers' DiT does), in contiguous tokens (no strided
-    copies in the layer norms); the result stays close to fp32."""
-    model = randomize_(tiny_model("dit", ["adaln_zero", "cross_attention"]))
+    copies in the layer norms), and so does a joint method's caption stream; the result stays close to fp32."""
+    model = randomize_(tiny_model("dit", methods))
     sample, t = noisy_batch()
     dtypes: list[torch.dtype] = []
     contiguous: list[bool] = []
-    hooks = [block.register_forward_hook(lambda m, i, out: dtypes.append(out.dtype)) for block in model.blocks]
+    hooks = [block.register_forward_hook(lambda m, i, out: dtypes.extend(x.dtype for x in out if x is not None))
+             for block in model.blocks]
     hooks += [block.register_forward_pre_hook(lambda m, args: contiguous.append(args[0].is_contiguous()))
               for block in model.blocks]
     with torch.autocast("cpu", torch.bfloat16):
         low = model(sample, t, condition=text_condition()).sample
     for hook in hooks:
         hook.remove()
-    assert dtypes == [torch.bfloat16] * len(model.blocks) and all(contiguous) and len(contiguous) == len(dtypes)
+    streams = len(model.blocks) - 1 if "joint_attention" in methods else 0  # the last block ends the stream
+    assert dtypes == [torch.bfloat16] * (len(model.blocks) + streams)
+    assert all(contiguous) and len(contiguous) == len(model.blocks)
     full = model(sample, t, condition=text_condition()).sample
     assert full.dtype == torch.float32
     torch.testing.assert_close(low.float(), full, atol=0.05, rtol=0.05)

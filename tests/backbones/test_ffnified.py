@@ -3,14 +3,14 @@
 
 import pytest
 import torch
-from factories import METHOD_LISTS, noisy_batch, randomize_, text_condition, tiny_model
+from factories import method_lists, methods_id, noisy_batch, randomize_, text_condition, tiny_model
 
 from film_diffusion import DiT
 from film_diffusion.backbones.token_mixers import FFNifiedMixer, RepDepthwiseConv
 from film_diffusion.errors import UserError
 
 
-@pytest.mark.parametrize("methods", METHOD_LISTS, ids="+".join)
+@pytest.mark.parametrize("methods", method_lists("dit_ffnified"), ids=methods_id)
 def test_fused_model_gives_the_unfused_outputs_with_fewer_parameters(methods, tmp_path):
     model = randomize_(tiny_model("dit_ffnified", methods)).eval()
     sample, t = noisy_batch()

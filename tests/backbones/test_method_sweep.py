@@ -2,7 +2,7 @@
 
 import pytest
 import torch
-from factories import BACKBONES, CASES, METHOD_LISTS, case_id, noisy_batch, randomize_, text_condition, tiny_model
+from factories import BACKBONES, CASES, case_id, method_lists, noisy_batch, randomize_, text_condition, tiny_model
 
 from film_diffusion.conditioning.sites import Signals
 
@@ -49,7 +49,7 @@ def test_class_labels_with_learned_sigma(backbone, methods):
 
 @pytest.mark.parametrize("backbone", BACKBONES)
 def test_condition_changes_the_prediction_for_every_method(backbone):
-    for methods in METHOD_LISTS:
+    for methods in method_lists(backbone):
         model = randomize_(tiny_model(backbone, methods)).eval()
         sample, t = noisy_batch()
         with torch.no_grad():
