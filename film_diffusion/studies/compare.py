@@ -32,6 +32,7 @@ from film_diffusion.studies.plan import (
     yaml_value,
 )
 from film_diffusion.studies.report import write_report
+from film_diffusion.studies.suite_report import score_runs
 from film_diffusion.training.build import build_encoder
 from film_diffusion.training.config import ExperimentConfig, load_experiment
 
@@ -67,10 +68,11 @@ def check_models(runs: list[PlannedRun], inputs: ModelInputs) -> None:
             raise ConfigError(f"Run '{run.name}' of the matrix: {err}") from None
 
 
-def size_runs(runs: list[PlannedRun], measure: str, inputs: ModelInputs) -> dict[str, dict]:
-    """Give every run the backbone width that brings it closest to the first run of its backbone in
-    ``measure`` (``params`` or ``flops``); returns, per run, the reference, the target, the size reached and
-    the width. The runs' configs and overrides are updated in place."""
+def size_runs(runs: list[PlannedRun], measure: str, inputs: ModelInputs, match_to: int | None = None
+              ) -> dict[str, dict]:
+    """Give every run the backbone width that brings it closest in ``measure`` (``params`` or ``flops``) to
+    ``match_to``, or else to the first run of its backbone; returns, per run, the reference, the target, the size
+    reached and the width. The runs' configs and overrides are updated in place."""
     targets: dict[str, tuple[str, int]] = {}
     sizing = {}
     for run in runs:
@@ -81,7 +83,8 @@ def size_runs(runs: list[PlannedRun], measure: str, inputs: ModelInputs) -> dict
         dims, condition = inputs(config)
         backbone = config.model.backbone
         if backbone not in targets:
-            targets[backbone] = (run.name, model_size(config, dims, condition, measure))
+            targets[backbone] = (f"match_to: {match_to}", match_to) if match_to is not None else \
+                (run.name, model_size(config, dims, condition, measure))
         reference, target = targets[backbone]
         width_key, width, size = matched_width(config, target, dims, condition, measure)
         override = f"{width_key}={yaml_value(width)}"
@@ -141,11 +144,12 @@ def prepare(config: CompareConfig) -> tuple[list[PlannedRun], dict[str, dict]]:
     runs = plan_runs(config)
     inputs = ModelInputs()
     check_models(runs, inputs)
-    return runs, size_runs(runs, config.match, inputs) if config.match != "none" else {}
+    return runs, size_runs(runs, config.match, inputs, config.match_to) if config.match != "none" else {}
 
 
 def compare(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Path:
-    """Plan, size, train what is unfinished, then write the report; returns the report's folder."""
+    """Plan, size, train what is unfinished, score what is unscored (``evaluate``), then write the report; returns
+    the report's folder."""
     config = load_compare(path, overrides)
     runs, sizing = prepare(config)
     out = Path(config.output_dir)
@@ -154,6 +158,8 @@ def compare(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Pa
     source_file.write_text(yaml.safe_dump(experiment_source(config), sort_keys=False))
     (out / "compare.yaml").write_text(yaml.safe_dump(config_to_dict(config), sort_keys=False))
     run_all(runs, source_file, config.launcher)
+    if config.evaluate is not None:
+        score_runs(runs, config.evaluate)
     report = Path(config.report_dir or out)
     report.mkdir(parents=True, exist_ok=True)
     return write_report(report, runs, config, sizing)

@@ -17,15 +17,32 @@ from film_diffusion.training.config import ExperimentConfig, load_experiment
 
 
 @dataclass
+class SuiteScoring:
+    """How ``compare`` scores each finished run with the benchmark suite (``film-diffusion evaluate``)."""
+
+    suite: str = "full"
+    split: Literal["val", "test"] = "test"  # val to tune a study's settings, test for the figures it reports
+    samples: int = 200  # images per category
+    seed: int = 0  # the noise seed of every image
+    batch_size: int = 50
+    steps: int | None = None  # sampling steps; null: the run's pipeline default (sample.steps)
+    guidance_scale: float | None = None  # null: the run's pipeline default (sample.guidance_scale)
+
+
+@dataclass
 class CompareConfig:
     output_dir: Path = Path("runs/compare")
     base: Path | None = None  # an experiment YAML every run starts from (relative to this file); null: the defaults
     experiment: dict[str, Any] = field(default_factory=dict)  # experiment keys set for every run, over base
     matrix: dict[str, Any] = field(default_factory=dict)  # experiment key (dotted) -> list of values
     match: Literal["none", "params", "flops"] = "none"  # size each run's backbone width to a common count
+    match_to: int | None = None  # that count, the same for every backbone; null: each backbone's first run
     launcher: list[str] = field(default_factory=list)  # runs each training, e.g. [accelerate, launch]; [] = python
     grid_seed: int = 0  # the initial noise of the side-by-side grid
     report_dir: Path | None = None  # where results.md, results.json, the plots and the grid go; null: output_dir
+    exclude: list[dict[str, Any]] = field(default_factory=list)  # matrix cells not to run, e.g. a method a
+    # backbone refuses: [{model.backbone: unet, model.conditioning: [joint_attention]}]
+    evaluate: SuiteScoring | None = None  # score every run with the benchmark suite; null: training-time scores only
 
 
 @dataclass
@@ -60,6 +77,19 @@ def load_compare(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) 
             raise ConfigError(f"Config key 'matrix.{key}' must be a non-empty list of values, got {values!r}.")
         if key == "output_dir":
             raise ConfigError("Config key 'matrix.output_dir' cannot vary: each run's folder is named from its values.")
+    if config.match_to is not None and (config.match == "none" or config.match_to < 1):
+        raise ConfigError(f"Config key 'match_to' is {config.match_to}; it is a positive count of the 'match' measure, "
+                          "so set match to params or flops (or remove match_to).")
+    config.exclude = [flatten(entry) if isinstance(entry, dict) else entry for entry in config.exclude]
+    for i, entry in enumerate(config.exclude):
+        unknown = [k for k in entry if k not in config.matrix] if isinstance(entry, dict) else None
+        if not entry or unknown:
+            what = f"names '{unknown[0]}', which is not a matrix key" if unknown else "must be a mapping of matrix keys"
+            raise ConfigError(f"Config key 'exclude[{i}]' {what}; give each entry matrix keys with one value each.")
+        absent = [k for k, v in entry.items() if v not in config.matrix[k]]
+        if absent:
+            raise ConfigError(f"Config key 'exclude[{i}].{absent[0]}' is {entry[absent[0]]!r}, which the matrix does "
+                              "not list; copy the value from the matrix.")
     return config
 
 
@@ -92,6 +122,8 @@ def plan_runs(config: CompareConfig) -> list[PlannedRun]:
     runs = []
     for combination in itertools.product(*config.matrix.values()):
         values = dict(zip(keys, combination, strict=True))
+        if any(all(values[k] == v for k, v in entry.items()) for entry in config.exclude):
+            continue
         name = run_name(values)
         overrides = [f"{k}={yaml_value(v)}" for k, v in values.items()]
         try:

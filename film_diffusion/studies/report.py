@@ -1,6 +1,7 @@
 """The comparison's report, made only from the runs' own files: ``results.json`` and ``results.md`` (a row per run,
 mean and spread over seeds, method x backbone), plots of the loss and of every quality metric against step and
-against training seconds, and one grid of every run's samples from the same captions and noise.
+against training seconds, and one grid of every run's samples from the same captions and noise; with ``evaluate``
+set, the benchmark suite's section too (:mod:`.suite_report`).
 
 Per run, what needs the model (parameters, FLOPs, the peak memory of a training step, the grid's images) is
 measured once from its saved pipeline and kept in ``RUN/compare_measures.json`` and ``RUN/compare_samples/``.
@@ -25,6 +26,8 @@ from film_diffusion.sample import load_pipeline
 from film_diffusion.studies.model_cost import example_inputs, forward_flops, parameter_counts, training_peak_memory
 from film_diffusion.studies.plan import CompareConfig, PlannedRun, value_label, value_pairs
 from film_diffusion.studies.plots import BACKBONE_KEY, SEED_KEY, plot_curves
+from film_diffusion.studies.suite_report import prompts_of, suite_columns, suite_grids, suite_markdown, suite_plot
+from film_diffusion.studies.tables import format_number, markdown_row
 
 MEASURES = "compare_measures.json"
 SAMPLES = "compare_samples"
@@ -122,15 +125,26 @@ def write_report(out: Path, runs: list[PlannedRun], config: CompareConfig, sizin
     measures = {run.name: measure_run(run, config.grid_seed) for run in tqdm(runs, desc="measuring runs")}
     curves = {run.name: read_metrics(run) for run in runs}
     rows = [run_row(run, curves[run.name], measures[run.name], sizing.get(run.name)) for run in runs]
+    scoring = config.evaluate
+    if scoring is not None:
+        for run, row in zip(runs, rows, strict=True):
+            row |= suite_columns(run, scoring)
     groups = group_rows(rows, keys)
     quality = metric_keys(rows)
     plots = plot_curves(out, rows, curves, keys, quality, {k: column_title(k) for k in quality})
     grid = side_by_side_grid(runs)
     grid.save(out / "samples.png")
-    results = {"matrix": config.matrix, "match": config.match, "sizing": sizing, "runs": rows, "groups": groups,
-               "plots": [p.name for p in plots], "grid": "samples.png"}
+    suite = []
+    if scoring is not None:
+        bars, grids = suite_plot(out, groups, keys, rows), suite_grids(out, runs, scoring, rows)
+        suite = suite_markdown(groups, keys, scoring, rows, grids, bars, prompts_of(runs[0], scoring))
+        plots += [bars, *grids]
+    results = {"matrix": config.matrix, "exclude": config.exclude, "match": config.match, "sizing": sizing,
+               "runs": rows, "groups": groups, "plots": [p.name for p in plots], "grid": "samples.png"}
     (out / "results.json").write_text(json.dumps(results, indent=1) + "\n")
-    (out / "results.md").write_text(markdown(rows, groups, keys, config, runs, plots))
+    (out / "results.md").write_text(markdown(rows, groups, keys, config, runs, [p for p in plots if
+                                                                                 not p.stem.startswith("suite_")],
+                                              suite))
     print(f"wrote {out / 'results.md'}, results.json, {len(plots)} plots and samples.png")
     return out
 
@@ -154,9 +168,16 @@ def headline(rows: list[dict]) -> str | None:
     return next((k for k in ("eval/all", "eval/color_and_shape") if k in present), None)
 
 
+def suite_column_name(key: str) -> str:
+    """``suite/binding/right`` -> ``binding``, ``suite/binding/colors`` -> ``binding/colors``."""
+    return key.removeprefix("suite/").removesuffix("/right")
+
+
 def column_title(key: str) -> str:
     if key in OTHER_COLUMNS:
         return OTHER_COLUMNS[key]
+    if key.startswith("suite/"):
+        return suite_column_name(key)
     prefix, _, metric = key.partition("/")
     return f"{'CoGenT ' if prefix == 'eval_cogent' else ''}{METRICS[metric]}"
 
@@ -174,7 +195,7 @@ def seed_table(groups: list[dict], group_keys: list[str], columns: list[str]) ->
 
 
 def markdown(rows: list[dict], groups: list[dict], keys: list[str], config: CompareConfig, runs: list[PlannedRun],
-             plots: list[Path]) -> str:
+             plots: list[Path], suite: list[str]) -> str:
     first = runs[0].config
     train = first.train
     precision = "float32" if train.mixed_precision == "no" else train.mixed_precision
@@ -221,6 +242,7 @@ def markdown(rows: list[dict], groups: list[dict], keys: list[str], config: Comp
             table[label][str(g[BACKBONE_KEY])] = format_number(g.get(best))
         lines += [markdown_row(["method", *backbones]), markdown_row(["---"] + ["---:"] * len(backbones))]
         lines += [markdown_row([label, *(cells.get(b, "") for b in backbones)]) for label, cells in table.items()]
+    lines += suite
     lines += ["", "## Curves", "", *(f"![{p.stem}]({p.name})" for p in plots), "", "## Samples", "",
               "Each row is one run; the columns are, in order: "
               + "; ".join(f"\"{c}\"" for c in (first.sample.captions if first.condition.source != "class_labels"
@@ -232,8 +254,9 @@ def markdown(rows: list[dict], groups: list[dict], keys: list[str], config: Comp
 def _sizing_sentence(config: CompareConfig) -> str:
     if config.match == "none":
         return "Sizes: each run has the width its config gives (`match: none`); compare parameters and FLOPs below."
+    to = f"{config.match_to:,}" if config.match_to is not None else "those of the first run of its backbone"
     return (f"Sizes: each run's backbone width (column `width`) was chosen to bring its {config.match} closest to "
-            "those of the first run of its backbone (`match: " + config.match + "`).")
+            f"{to} (`match: {config.match}`).")
 
 
 def _width(row: dict) -> str:
@@ -242,14 +265,3 @@ def _width(row: dict) -> str:
         return ""
     reached, target = row["size_reached"], row["size_target"]
     return f"{value_label(row['width'])} ({reached / 1e6:.3g}M of {target / 1e6:.3g}M)"
-
-
-def format_number(value: Any) -> str:
-    """Three decimals below 10, two above: the precision the tables print."""
-    if value is None:
-        return ""
-    return f"{value:.2f}" if abs(value) >= 10 else f"{value:.3f}"
-
-
-def markdown_row(cells: list[str]) -> str:
-    return "| " + " | ".join(cells) + " |"

@@ -9,16 +9,19 @@ from pathlib import Path
 
 from film_diffusion.errors import UserError
 from film_diffusion.studies.plots import SEED_KEY
-from film_diffusion.studies.report import METRICS, OTHER_COLUMNS, seed_table
+from film_diffusion.studies.report import METRICS, OTHER_COLUMNS, seed_table, suite_column_name
 
 
 def available_columns(groups: list[dict]) -> dict[str, str]:
     """Column name -> results key: ``position`` -> ``eval/position``, ``cogent/all`` -> ``eval_cogent/all``,
-    ``images_per_s`` -> itself."""
+    ``images_per_s`` -> itself; the suite's ``binding`` -> ``suite/binding/right``, ``binding/colors`` ->
+    ``suite/binding/colors``."""
     present = {k for g in groups for k in g}
     names = {f"{short}{m}": f"{prefix}/{m}" for prefix, short in (("eval", ""), ("eval_cogent", "cogent/"))
              for m in METRICS if f"{prefix}/{m}" in present}
-    return names | {k: k for k in OTHER_COLUMNS if k in present}
+    suite = {suite_column_name(k): k for k in sorted(present) if k.startswith("suite/") and not k.endswith("_std")
+             and not k.endswith(("/right_n", "/count"))}
+    return names | {k: k for k in OTHER_COLUMNS if k in present} | suite
 
 
 def summary_table(results: dict, columns: list[str]) -> str:

@@ -62,3 +62,17 @@ def test_an_unknown_column_names_the_choices(study, capsys, args, message):
 def test_a_folder_without_results_is_one_sentence(tmp_path, capsys):
     assert main(["summary", str(tmp_path), "position"]) == 2
     assert "holds no results.json" in capsys.readouterr().err
+
+
+def test_suite_columns_by_category_and_check(tmp_path, capsys):
+    rows = [dict(ROWS[0], **{"suite/binding/right": 0.25, "suite/binding/colors": 0.5}),
+            dict(ROWS[1], **{"suite/binding/right": 0.75, "suite/binding/colors": 0.5})]
+    matrix = {"model.conditioning": ["film"], "seed": [0, 1]}
+    (tmp_path / "results.json").write_text(json.dumps({"matrix": matrix, "runs": rows,
+                                                       "groups": group_rows(rows, list(matrix))}))
+    assert main(["summary", str(tmp_path), "binding", "binding/colors"]) == 0
+    assert capsys.readouterr().out.splitlines() == [
+        "| conditioning | n | binding | binding/colors |",
+        "| --- | ---: | ---: | ---: |",
+        "| film | 2 | 0.500 ± 0.354 | 0.500 ± 0.000 |",
+    ]
