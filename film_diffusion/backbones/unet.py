@@ -20,7 +20,14 @@ from torch import nn
 from film_diffusion.backbones.output import CheckpointedBlocksMixin, DenoiserOutput, NullClassMixin
 from film_diffusion.conditioning import Condition, ConditioningStack, Site, SiteState
 from film_diffusion.errors import UserError
-from film_diffusion.layers import Mlp, SelfAttention, TimestepEmbedder, timesteps_for_batch, zero_module
+from film_diffusion.layers import (
+    Mlp,
+    SelfAttention,
+    TimestepEmbedder,
+    sincos_pos_embed_2d,
+    timesteps_for_batch,
+    zero_module,
+)
 
 
 class ResBlock(nn.Module):
@@ -49,10 +56,13 @@ class ResBlock(nn.Module):
 
 
 class AttentionBlock(nn.Module):
-    """GroupNorm and a projection to tokens, then self-attention, (context site), MLP, and back."""
+    """GroupNorm and a projection to tokens (plus, with ``pos_embed``, a fixed 2-D sine-cosine position embedding,
+    as DiT adds to its tokens), then self-attention, (context site), MLP, and back."""
 
-    def __init__(self, prefix: str, channels: int, num_heads: int, groups: int):
+    def __init__(self, prefix: str, channels: int, num_heads: int, groups: int, pos_embed: bool = False):
         super().__init__()
+        self.pos_embed = pos_embed
+        self._pos_cache: dict[tuple, torch.Tensor] = {}
         self.norm = nn.GroupNorm(groups, channels, eps=1e-6)
         self.proj_in = nn.Linear(channels, channels)
         self.norm1 = nn.LayerNorm(channels)
@@ -66,10 +76,22 @@ class AttentionBlock(nn.Module):
     def forward(self, x: torch.Tensor, state: SiteState) -> torch.Tensor:
         b, c, h, w = x.shape
         t = self.proj_in(self.norm(x).flatten(2).transpose(1, 2))  # (B, HW, C): a view for channels_last input
+        if self.pos_embed:
+            t = t + self.positions(h, w, t)
         t = t + self.attn(self.norm1(t))
         t = state.residual(self.site_context, t)
         t = t + self.mlp(self.norm2(t))
         return x + self.proj_out(t).view(b, h, w, c).permute(0, 3, 1, 2)  # back to (B, C, H, W) without a copy
+
+    def positions(self, h: int, w: int, like: torch.Tensor) -> torch.Tensor:
+        """The ``(HW, C)`` embedding of an ``h x w`` grid, made once per size, device and dtype."""
+        if h != w:
+            raise ValueError(f"attention_pos_embed needs square feature maps, got {h}x{w}; use square images or "
+                             "build the U-Net with attention_pos_embed=False.")
+        key = (h, like.device, like.dtype)
+        if key not in self._pos_cache:
+            self._pos_cache[key] = sincos_pos_embed_2d(like.shape[-1], h).to(like.device, like.dtype)
+        return self._pos_cache[key]
 
 
 class Level(nn.Module):
@@ -131,6 +153,10 @@ class UNet(NullClassMixin, CheckpointedBlocksMixin, ModelMixin, ConfigMixin):
             gate (adaLN-Zero) keeps its convolution: two zero factors would give neither a gradient.
         learned_null_tokens: hold a learned null text condition of this many tokens (the encoder's
             ``max_length``) for caption dropout and guidance, as PixArt does; None: no learned null.
+        attention_pos_embed: add a fixed 2-D sine-cosine position embedding to the tokens of every attention
+            block, so that attention (a cross-attention's queries) can tell where a token is; convolutions
+            see position only through their zero padding. Off by default, as in ADM and Stable Diffusion
+            (docs/models.md has the measurement behind it).
     """
 
     native_timestep_method = "film"
@@ -153,6 +179,7 @@ class UNet(NullClassMixin, CheckpointedBlocksMixin, ModelMixin, ConfigMixin):
         norm_num_groups: int = 32,
         zero_init: bool = True,
         learned_null_tokens: int | None = None,
+        attention_pos_embed: bool = False,
     ):
         super().__init__()
         channels = list(block_out_channels)
@@ -175,7 +202,7 @@ class UNet(NullClassMixin, CheckpointedBlocksMixin, ModelMixin, ConfigMixin):
             return ResBlock(prefix, cin, cout, norm_num_groups)
 
         def attn(prefix: str, ch: int) -> AttentionBlock:
-            return AttentionBlock(prefix, ch, num_heads, norm_num_groups)
+            return AttentionBlock(prefix, ch, num_heads, norm_num_groups, attention_pos_embed)
 
         skip_channels = [channels[0]]
         ch = channels[0]

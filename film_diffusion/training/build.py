@@ -76,7 +76,7 @@ def build_denoiser(config: ExperimentConfig, channels: int, size: int, token_dim
         u = model.unet
         return UNet(block_out_channels=tuple(u.block_out_channels), layers_per_block=u.layers_per_block,
                     attention_levels=tuple(u.attention_levels), num_heads=u.num_heads,
-                    norm_num_groups=u.norm_num_groups, **common)
+                    norm_num_groups=u.norm_num_groups, attention_pos_embed=u.attention_pos_embed, **common)
     except ConfigError:
         raise
     except UserError as err:  # the model's own check, said against the config

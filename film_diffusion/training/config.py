@@ -38,6 +38,7 @@ class UNetSize:
     attention_levels: list[int] = field(default_factory=lambda: [1])  # 0 = full resolution; the middle always has one
     num_heads: int = 4
     norm_num_groups: int = 32
+    attention_pos_embed: bool = False  # a 2-D sine-cosine position embedding on the attention blocks' tokens
 
 
 @dataclass
