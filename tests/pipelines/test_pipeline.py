@@ -53,6 +53,19 @@ def test_pipeline_equals_a_plain_loop(backbone, scale, scheduler_cls):
     assert (got[0] - got[2]).abs().max() > 1e-3  # the two prompts differ, so the condition reached the model
 
 
+@pytest.mark.parametrize("conditioning", [["adaln_single", "cross_attention"], ["joint_attention"],
+                                          [{"name": "cross_attention", "gate": "head"}]], ids=str)
+def test_the_newer_methods_sample_through_the_pipeline_as_a_plain_loop(conditioning):
+    pipe = builtin_text_pipeline("dit", DDIMScheduler(), conditioning=conditioning)
+    x = noise(2)
+    got = pipe(prompt=PROMPTS, num_inference_steps=3, guidance_scale=3.0, latents=x, output_type="pt").images
+    cond = {"condition": pipe.text_encoder.encode(PROMPTS)}
+    uncond = {"condition": pipe.text_encoder.encode([""])[[0, 0]]}
+    with torch.no_grad():
+        expected = to_images(plain_loop(pipe.denoiser, DDIMScheduler(), cond, uncond, x, 3, 3.0))
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=0)
+
+
 def test_guidance_changes_the_images_and_the_null_is_the_recorded_one():
     pipe = builtin_text_pipeline("dit")
     x = noise(2)
