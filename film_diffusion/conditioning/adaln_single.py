@@ -4,13 +4,16 @@ adaLN-Zero gives every block its own generator, a Linear from the embedding to s
 width: about a quarter of DiT-XL/2's parameters. adaLN-single keeps one generator, shared by all blocks, that
 emits one set of vectors (shift and scale per norm, a gate per residual branch); each block adds a learned
 table of its own to it. Sites share the generator's output by their role in the block (the last part of the
-site's name: ``attn_norm``, ``attn_gate``, ``mlp_norm``, ``mlp_gate``; the final layer's ``norm`` has a slot
-of its own), so every site of one role must have one width.
+site's name: ``attn_norm``, ``attn_gate``, ``mlp_norm``, ``mlp_gate``), so every site of one role must have one
+width. The final layer's ``norm`` has a slot of its own in the shared generator, where PixArt adds the timestep
+embedding itself to its final table (a departure of ``(E + 1) * 2C`` parameters, so the final layer is modulated
+like every other site; PixArt's weights do not map onto it one to one).
 
 It is a way of taking the timestep: under ``timestep_route="native"`` it carries the timestep in place of the
 backbone's own method (the DiT's adaLN-Zero). The pooled condition, when the model has one, is added to the
-timestep embedding before the shared generator, as PixArt's variants do; without one it carries the timestep
-alone and the caption enters through the other listed methods (cross-attention in PixArt).
+timestep embedding before the shared generator, as SD3 and Flux add their pooled text vector to the timestep
+(PixArt-alpha adds resolution and aspect-ratio embeddings there, and no text); without one it carries the
+timestep alone and the caption enters through the other listed methods (cross-attention in PixArt).
 """
 
 from __future__ import annotations
@@ -37,8 +40,9 @@ def _size(site: Site) -> int:
 class AdaLNSingle(ModulatingMethod):
     """Options:
         zero_init: zero the shared generator and the per-block tables (default True): every gate starts at 0,
-                   so every block starts as the identity, as with adaLN-Zero. False initialises the tables as
-                   PixArt-alpha does (normal, std ``1/sqrt(width)``), so its blocks do not start as the identity.
+                   so every block starts as the identity, as with adaLN-Zero. False initialises as PixArt-alpha
+                   does: the tables normal with std ``1/sqrt(width)``, the generator's weight normal with std
+                   0.02, so its blocks do not start as the identity.
     """
 
     name = "adaln_single"
@@ -59,11 +63,14 @@ class AdaLNSingle(ModulatingMethod):
                             "or film on it.")
         self.roles = list(dict.fromkeys(role(s) for s in self.sites))  # in site order
         first = {role(s): s for s in reversed(self.sites)}
-        self.generator = SiteParameterGenerator(wiring.embed_dim, [_size(first[r]) for r in self.roles])
+        self.generator = SiteParameterGenerator(wiring.embed_dim, [_size(first[r]) for r in self.roles],
+                                                zero_init=zero_init)
         self.table = nn.Parameter(torch.zeros(sum(_size(s) for s in self.sites)))
         self.zero_init = zero_init
         if not zero_init:
             with torch.no_grad():
+                nn.init.normal_(self.generator.out.weight, std=0.02)
+                nn.init.zeros_(self.generator.out.bias)
                 for site, part in zip(self.sites, self.table.split([_size(s) for s in self.sites]), strict=True):
                     part.normal_(std=site.channels**-0.5)
 

@@ -2,8 +2,10 @@
 double-stream blocks).
 
 The caption tokens get a stream of their own that runs beside the image tokens through every block: its own
-norms, QKV and output projections and MLP, modulated adaLN-Zero style by the vector that modulates the image
-stream (the timestep embedding, plus the pooled condition when the model embeds one). In each block one
+norms, QKV and output projections and MLP, modulated adaLN-Zero style by the timestep embedding plus the pooled
+condition when the model has one (SD3 modulates both streams by that sum; here the image stream is modulated by
+whatever modulates it, so SD3 exactly is ``[adaln_zero, joint_attention]``: adaLN-Zero then reads the timestep
+and the pooled vector for the image stream). In each block one
 attention runs over the image's and the caption's tokens together, so each reads the other. Padded caption
 tokens are masked as keys. In the last block the caption stream gives keys and values only (SD3's
 ``context_pre_only``): nothing after it would read its update, and the stream is dropped before the final
@@ -49,14 +51,14 @@ class JointBlockStream(nn.Module):
         """Channels of modulation this block reads: shift and scale (last), or (shift, scale, gate) twice."""
         return self.norm1.normalized_shape[0] * (2 if self.last else 6)
 
-    def forward(self, attn: nn.Module, h: torch.Tensor, key_mask: torch.Tensor | None, stream: torch.Tensor,
-                stream_mask: torch.Tensor | None, modulation: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def forward(self, attn: nn.Module, h: torch.Tensor, stream: torch.Tensor, mask: torch.Tensor | None,
+                modulation: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """``mask``: the ``(B, N + L)`` key mask over the block's tokens and the stream's, or None."""
         if self.last:
             shift1, scale1 = modulation.chunk(2, dim=-1)
         else:
             shift1, scale1, gate1, shift2, scale2, gate2 = modulation.chunk(6, dim=-1)
         own = self.qkv(_modulate(self.norm1(stream), shift1, scale1))
-        mask = _joint_mask(key_mask, stream_mask, h, stream)
         mixed, stream_out = attn.forward_joint(h, own, mask)
         if self.last:
             return mixed, None
@@ -92,14 +94,18 @@ class JointAttention(ConditioningMethod):
                             "cross_attention instead.")
         width = widths[0]
         self.pooled_token = wiring.token_dim is None and wiring.has_pooled
-        if self.pooled_token:
+        if wiring.has_pooled:  # the caption stream's modulation reads it, as SD3's does
             self.require_pooled(wiring)
-        else:
+        if not self.pooled_token:
             self.require_tokens(wiring)
         self.embed = nn.Linear(wiring.embed_dim if self.pooled_token else wiring.token_dim, width)
         self.time_token = nn.Linear(wiring.embed_dim, width) if wiring.use_timestep else None
         last = len(self.sites) - 1
         self.streams = nn.ModuleList(JointBlockStream(width, mlp_ratio, last=i == last) for i in range(len(self.sites)))
+        for module in self.streams.modules():  # the DiT's initialisation of its own blocks
+            if isinstance(module, nn.Linear):
+                nn.init.xavier_uniform_(module.weight)
+                nn.init.zeros_(module.bias)
         self.generator = SiteParameterGenerator(wiring.embed_dim, [s.modulation_size for s in self.streams])
 
     def stream(self, signals: Signals) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -122,7 +128,7 @@ class JointAttention(ConditioningMethod):
     def register(self, signals: Signals, state: SiteState) -> None:
         tokens, mask = self.stream(signals)
         state.set_stream(tokens)
-        vector = signals.t_emb if signals.pooled is None else signals.t_emb + signals.pooled
+        vector = signals.t_emb if not self.reads_pooled else signals.t_emb + signals.pooled
         for site, block, modulation in zip(self.sites, self.streams, self.generator(vector), strict=True):
             state.add_join(site, lambda attn, h, key_mask, stream, b=block, m=modulation:
-                           b(attn, h, key_mask, stream, mask, m))
+                           b(attn, h, stream, _joint_mask(key_mask, mask, h, tokens), m))

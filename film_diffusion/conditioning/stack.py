@@ -115,7 +115,7 @@ class ConditioningStack(nn.Module):
                             "or joint_attention, which read the caption's tokens.")
         if num_classes is not None and not reads_pooled:
             raise UserError("num_classes is set but no listed method reads a pooled condition; add film, "
-                            "adaln_zero or concat to conditioning.")
+                            "adaln_zero, adaln_single, concat or joint_attention to conditioning.")
         self.pooled_proj = nn.Linear(cond_pooled_dim, embed_dim) if cond_pooled_dim and reads_pooled else None
         self.label_embedder = LabelEmbedder(num_classes, embed_dim) if num_classes is not None else None
         self.learned_null = None

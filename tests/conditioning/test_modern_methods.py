@@ -81,8 +81,9 @@ def test_adaln_single_refusals_and_pixart_init():
     with pytest.raises(UserError, match="adaln_zero and adaln_single would each modulate every block"):
         tiny_model("dit", ["adaln_zero", "adaln_single"])
     model = tiny_model("dit", [{"name": "adaln_single", "zero_init": False}])  # PixArt's random tables
-    table = model.conditioner.methods["adaln_single"].table
-    assert table.std().item() == pytest.approx(model.config.hidden_size**-0.5, rel=0.2)
+    method = model.conditioner.methods["adaln_single"]
+    assert method.table.std().item() == pytest.approx(model.config.hidden_size**-0.5, rel=0.2)
+    assert method.generator.out.weight.std().item() == pytest.approx(0.02, rel=0.2)
     sample, t = noisy_batch()
     x = model.pos_embed + model.x_embedder(sample)
     state = model.conditioner(model.t_embedder(t), text_condition())
@@ -105,13 +106,13 @@ def _attend(q, k, v, heads, key_mask):
 
 def mmdit_reference(model, sample, t, condition):
     """SD3's MMDiT written out for our DiT: the image stream modulated by the timestep's adaLN-Zero, the caption
-    stream by the joint method's own generator; one attention over both per block; the last block's caption
-    stream gives keys and values only."""
+    stream by the joint method's own generator of the timestep plus the pooled vector; one attention over both per
+    block; the last block's caption stream gives keys and values only."""
     heads = model.config.num_heads
     joint, timestep = model.conditioner.methods["joint_attention"], model.conditioner.methods["timestep"]
     t_emb = model.t_embedder(t)
     image = timestep.generator(t_emb)  # per block: attn (shift, scale), attn gate, mlp (shift, scale), mlp gate
-    text = joint.generator(t_emb)
+    text = joint.generator(t_emb + model.conditioner.pooled_proj(condition.pooled))  # SD3: timestep + pooled
     x = model.x_embedder(sample) + model.pos_embed
     s = joint.embed(condition.tokens) * condition.mask[..., None]
     key_mask = torch.cat([torch.ones(x.shape[:2], dtype=torch.bool), condition.mask], dim=1)
@@ -148,7 +149,8 @@ def test_joint_attention_is_sd3s_mmdit():
 
 
 def test_joint_attention_reads_the_caption_from_the_first_step():
-    """Unlike the gated and zero-initialised methods, the caption's keys and values reach the image at init."""
+    """Unlike the gated and zero-initialised methods, the caption's keys and values reach the block's attention at
+    init (a block's output shows it once the image stream's own gate opens: adaLN-Zero starts it at zero)."""
     model = tiny_model("dit", ["joint_attention"])
     x = torch.randn(2, model.grid**2, model.config.hidden_size)
     outputs = []
@@ -166,7 +168,7 @@ def test_joint_attention_needs_a_transformer_with_self_attention(backbone):
         tiny_model(backbone, ["joint_attention"])
 
 
-@pytest.mark.parametrize("methods", [["adaln_single"], ["joint_attention"]])
+@pytest.mark.parametrize("methods", [["adaln_single"], ["joint_attention"], ["joint_attention", "adaln_zero"]])
 def test_class_labels_reach_the_new_dit_methods(methods):
     model = randomize_(tiny_model("dit", methods, num_classes=5, cond_token_dim=None, cond_pooled_dim=None))
     sample, t = noisy_batch()
