@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import math
 from collections.abc import Callable, Sequence
 from typing import Literal
 
@@ -127,19 +128,22 @@ def model_size(config: ExperimentConfig, dims: dict, condition: Condition | None
 
 def width_candidates(config: ExperimentConfig) -> list[tuple[str, object]]:
     """(override key, value) pairs of every backbone width up to 4x the configured one, smallest first: DiT
-    hidden sizes in steps of 4 x num_heads (whole heads, and a sine-cosine position embedding that needs a
-    multiple of 4); U-Net channel lists scaled together in steps of the group-norm group count."""
+    hidden sizes in steps of lcm(4, num_heads) (whole heads, and a sine-cosine position embedding that needs a
+    multiple of 4); U-Net channel lists scaled together by a common factor, each channel rounded to a multiple of
+    lcm(norm_num_groups, num_heads), so that the lists grow a channel level at a time where they can."""
     model = config.model
     if model.backbone == "dit":
         if model.preset is not None:
             raise ConfigError("compare.match sizes model.dit.hidden_size; set model.dit in place of model.preset.")
-        step = 4 * model.dit.num_heads
+        step = math.lcm(4, model.dit.num_heads)
         return [("model.dit.hidden_size", w) for w in range(step, 4 * model.dit.hidden_size + 1, step)]
-    groups, channels = model.unet.norm_num_groups, model.unet.block_out_channels
-    candidates = []
-    for first in range(groups, 4 * channels[0] + 1, groups):
-        scaled = [max(groups, round(c * first / channels[0] / groups) * groups) for c in channels]
-        candidates.append(("model.unet.block_out_channels", scaled))
+    unit = math.lcm(model.unet.norm_num_groups, model.unet.num_heads)
+    channels = model.unet.block_out_channels
+    candidates: list[tuple[str, object]] = []
+    for first in range(1, 4 * channels[0] + 1):  # the factor first / channels[0], finely
+        scaled = [max(unit, round(c * first / channels[0] / unit) * unit) for c in channels]
+        if not candidates or candidates[-1][1] != scaled:
+            candidates.append(("model.unet.block_out_channels", scaled))
     return candidates
 
 

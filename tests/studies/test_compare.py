@@ -169,11 +169,12 @@ def test_a_bad_matrix_is_one_sentence_before_anything_trains(tmp_path, capsys, m
 
 
 @pytest.mark.parametrize("study, runs, matched", [("compare_methods", 12, False), ("dit_paper_blocks", 9, False),
-                                                  ("film_paper_placement", 12, False), ("ffnified_mixer", 12, True)])
+                                                  ("film_paper_placement", 12, False), ("ffnified_mixer", 12, True),
+                                                  ("unet_text_paths", 8, False), ("conditioning_methods", 51, True)])
 def test_the_shipped_studies_plan_and_build(tmp_path, study, runs, matched):
     config = compare_module.load_compare(CONFIGS / f"{study}.yaml", [f"output_dir={tmp_path}"])
     planned, sizing = compare_module.prepare(config)
     assert len(planned) == runs == len({r.name for r in planned}) and bool(sizing) == matched
     assert all(r.folder.parent == tmp_path / "runs" for r in planned)
-    if matched:  # every run within 10% of the first run's parameters (the width moves in steps of 24)
-        assert all(abs(s["size"] / s["target"] - 1) < 0.1 for s in sizing.values()), sizing
+    if matched:  # every run within 12% of its target's parameters (a U-Net's channel lists grow by 8s)
+        assert all(abs(s["size"] / s["target"] - 1) < 0.12 for s in sizing.values()), sizing
