@@ -12,15 +12,18 @@ from film_diffusion.training.trainer import train
 FULL_SIZE = {"dit_xl2_imagenet": 674.8, "pixart_like": 798.6, "sd_unet": 835.7}  # millions of parameters
 CLIP_L = {"token_dim": 768, "pooled_dim": 768, "max_length": 77}  # what openai/clip-vit-large-patch14 reports
 # compare configs, tested in tests/evaluation
-STUDIES = ("compare_methods", "dit_paper_blocks", "film_paper_placement", "ffnified_mixer")
+STUDIES = ("compare_methods", "dit_paper_blocks", "film_paper_placement", "ffnified_mixer", "unet_text_paths",
+           "conditioning_methods")
 BUILT_IN = sorted(p.stem for p in CONFIGS.glob("*.yaml")
                   if p.stem not in FULL_SIZE and p.stem != "clip_builtin" and p.stem not in STUDIES)
 
 
 def test_the_built_in_configs_are_the_quickstart_and_one_per_method_and_backbone():
-    methods = ["film", "adaln_zero", "cross_attention", "concat", "adaln_zero_cross_attention",
+    methods = ["film", "adaln_zero", "cross_attention", "gated_cross_attention", "concat", "adaln_zero_cross_attention",
                "film_cross_attention"]
-    assert BUILT_IN == sorted(["quickstart", "multi_object"] + [f"{b}_{m}" for b in ("dit", "unet") for m in methods])
+    dit_only = ["adaln_single", "joint_attention", "adaln_single_cross_attention"]  # the U-Net refuses them
+    assert BUILT_IN == sorted(["quickstart", "multi_object"] + [f"{b}_{m}" for b in ("dit", "unet") for m in methods]
+                              + [f"dit_{m}" for m in dit_only])
 
 
 @pytest.mark.parametrize("name", BUILT_IN)
