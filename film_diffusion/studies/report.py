@@ -28,6 +28,7 @@ from film_diffusion.studies.plan import CompareConfig, PlannedRun, value_label, 
 from film_diffusion.studies.plots import BACKBONE_KEY, SEED_KEY, plot_curves
 from film_diffusion.studies.suite_report import prompts_of, suite_columns, suite_grids, suite_markdown, suite_plot
 from film_diffusion.studies.tables import format_number, markdown_row
+from film_diffusion.training.config import ExperimentConfig
 
 MEASURES = "compare_measures.json"
 SAMPLES = "compare_samples"
@@ -206,10 +207,8 @@ def markdown(rows: list[dict], groups: list[dict], keys: list[str], config: Comp
              f"matrix varies it: "
              f"{train.max_steps} steps of batch {train.batch_size}, "
              f"{precision} precision, lr {train.lr:g}, data `{first.data.name}` at "
-             f"{first.data.resolution} px, scored on {first.eval.scenes} captions of the val split (held out; "
-             f"the split to tune on, not to report: `film-diffusion evaluate RUN --split test` scores a run on test) "
-             f"with "
-             f"{first.sample.steps} sampling steps at guidance {first.sample.guidance_scale:g}. Matrix: "
+             f"{first.data.resolution} px, {_training_scores(first, bool(quality))}, "
+             f"sampled with {first.sample.steps} steps at guidance {first.sample.guidance_scale:g}. Matrix: "
              + "; ".join(f"`{k}` in {len(v)} values" for k, v in config.matrix.items()) + ".", "",
              _sizing_sentence(config) + " Conditioning parameters are those of the conditioning stack (embedders, "
              "generators, cross-attention) but a method that carries the timestep alone; FLOPs are one forward "
@@ -249,6 +248,14 @@ def markdown(rows: list[dict], groups: list[dict], keys: list[str], config: Comp
                                               else map(str, first.sample.class_labels)))
               + f" (the same initial noise in every row, seed {config.grid_seed}).", "", "![samples](samples.png)", ""]
     return "\n".join(lines)
+
+
+def _training_scores(first: ExperimentConfig, scored: bool) -> str:
+    """What the runs' own scoring during training was, and on which split."""
+    if not scored:
+        return "with no scoring during training (`train.eval_every: 0`)"
+    return (f"scored during training on {first.eval.scenes} captions of the val split (held out; the split to tune "
+            "on, not to report: `film-diffusion evaluate RUN --split test` scores a run on test)")
 
 
 def _sizing_sentence(config: CompareConfig) -> str:
