@@ -23,6 +23,7 @@ from film_diffusion.studies.plots import BACKBONE_KEY, SEED_KEY
 from film_diffusion.studies.tables import format_number, markdown_row
 
 PREFIX = "suite"
+COUNTS = "suite_n"  # right images and images per category: the seeds' sums give the pooled interval
 GRID_COLUMNS = 8
 SETTINGS = ("suite", "split", "samples_per_category", "seed")
 
@@ -60,8 +61,8 @@ def check_settings(out: Path, scoring: SuiteScoring) -> dict:
 
 
 def suite_columns(run: PlannedRun, scoring: SuiteScoring) -> dict[str, Any]:
-    """A run's suite scores as report columns: ``suite/CATEGORY/CHECK`` (accuracy), ``suite/CATEGORY/right_n``
-    and ``.../count`` (for pooling seeds), and ``suite/overall/right``."""
+    """A run's suite scores as report columns: ``suite/CATEGORY/CHECK`` (accuracy), ``suite_n/CATEGORY/right`` and
+    ``suite_n/CATEGORY/images`` (counts, for pooling seeds), and ``suite/overall/right``."""
     results = check_settings(suite_folder(run, scoring), scoring)
     summary, settings = results["summary"], results["settings"]
     columns: dict[str, Any] = {}
@@ -69,12 +70,12 @@ def suite_columns(run: PlannedRun, scoring: SuiteScoring) -> dict[str, Any]:
         for check, value in scores.items():
             if check != "prompts":
                 columns[f"{PREFIX}/{category}/{check}"] = value["accuracy"]
-        columns[f"{PREFIX}/{category}/right_n"] = scores["right"]["right"]
-        columns[f"{PREFIX}/{category}/count"] = scores["right"]["count"]
+        columns[f"{COUNTS}/{category}/right"] = scores["right"]["right"]
+        columns[f"{COUNTS}/{category}/images"] = scores["right"]["count"]
     overall = summary["overall"]
     columns |= {"suite_steps": settings["steps"], "suite_guidance_scale": settings["guidance_scale"],
-                f"{PREFIX}/overall/right": overall["accuracy"], f"{PREFIX}/overall/right_n": overall["right"],
-                f"{PREFIX}/overall/count": overall["count"]}
+                f"{PREFIX}/overall/right": overall["accuracy"], f"{COUNTS}/overall/right": overall["right"],
+                f"{COUNTS}/overall/images": overall["count"]}
     return columns
 
 
@@ -87,7 +88,7 @@ def categories(rows: list[dict]) -> list[str]:
 def pooled(group: dict, category: str) -> tuple[int, int]:
     """Right images and images of a group of seeds, summed over the seeds (the group holds their means)."""
     n = group["n"]
-    return round(group[f"{PREFIX}/{category}/right_n"] * n), round(group[f"{PREFIX}/{category}/count"] * n)
+    return round(group[f"{COUNTS}/{category}/right"] * n), round(group[f"{COUNTS}/{category}/images"] * n)
 
 
 def suite_markdown(groups: list[dict], keys: list[str], scoring: SuiteScoring, rows: list[dict],
@@ -113,7 +114,7 @@ def suite_markdown(groups: list[dict], keys: list[str], scoring: SuiteScoring, r
     lines += ["", f"![right by category]({plot.name})"]
     for category in names:
         checks = [k.split("/")[2] for k in groups[0] if k.startswith(f"{PREFIX}/{category}/")
-                  and k.count("/") == 2 and not k.endswith(("_std", "/right_n", "/count", "/right"))]
+                  and k.count("/") == 2 and not k.endswith(("_std", "/right"))]
         lines += ["", f"### {category}", "",
                   markdown_row([*(k.rsplit(".", 1)[-1] for k in group_keys), "n", "right", "95% interval (pooled)",
                                 *checks]),

@@ -19,8 +19,7 @@ def available_columns(groups: list[dict]) -> dict[str, str]:
     present = {k for g in groups for k in g}
     names = {f"{short}{m}": f"{prefix}/{m}" for prefix, short in (("eval", ""), ("eval_cogent", "cogent/"))
              for m in METRICS if f"{prefix}/{m}" in present}
-    suite = {suite_column_name(k): k for k in sorted(present) if k.startswith("suite/") and not k.endswith("_std")
-             and not k.endswith(("/right_n", "/count"))}
+    suite = {suite_column_name(k): k for k in sorted(present) if k.startswith("suite/") and not k.endswith("_std")}
     return names | {k: k for k in OTHER_COLUMNS if k in present} | suite
 
 

@@ -54,6 +54,7 @@ def test_a_comparison_scored_by_the_suite_pools_its_seeds_and_scores_each_run_on
                                                        4)
     table = (out / "results.md").read_text()
     assert "## The benchmark suite, test split" in table and "### binding" in table
+    assert "| n | right | 95% interval (pooled) | count |" in table  # two_objects' own check, beside the counts
     assert "with no scoring during training (`train.eval_every: 0`)" in table
     right, count = suite_report.pooled(film, "overall")
     low, high = wilson_interval(right, count)
