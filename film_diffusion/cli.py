@@ -66,7 +66,9 @@ def _sample(args: argparse.Namespace) -> None:
 
     out = run_sample(args.path, prompts=args.prompt, prompts_file=args.prompts_file, class_labels=args.class_label,
                      steps=args.steps, guidance_scale=args.guidance_scale, scheduler=args.scheduler, seed=args.seed,
-                     num_per_prompt=args.num_per_prompt, out=args.out, device=args.device)
+                     num_per_prompt=args.num_per_prompt, out=args.out, device=args.device, image=args.image,
+                     strength=args.strength, guidance_interval=args.guidance_interval,
+                     guidance_rescale=args.guidance_rescale)
     print(f"wrote {out} and its images in {out.with_suffix('')}/")
 
 
@@ -80,6 +82,13 @@ def _add_sample(parser: argparse.ArgumentParser) -> None:
                         "its sample.steps)")
     parser.add_argument("--guidance-scale", type=float, help="classifier-free guidance scale; 1 turns it off "
                         "(default: the folder's; a run's pipeline keeps its sample.guidance_scale)")
+    parser.add_argument("--guidance-interval", type=float, nargs=2, metavar=("START", "STOP"),
+                        help="guide only this fraction of the steps, e.g. 0.2 0.8 (default 0 1: every step)")
+    parser.add_argument("--guidance-rescale", type=float, help="0 to 1: mix in the guided prediction rescaled to the "
+                        "conditional one's standard deviation (Lin et al. 2024; default 0)")
+    parser.add_argument("--image", help="image-to-image: an image file every prompt starts from (SDEdit)")
+    parser.add_argument("--strength", type=float, help="with --image: the fraction of the steps that re-draw it "
+                        "(default 0.8; 1 ignores the image)")
     parser.add_argument("--scheduler", help="sampler: ddpm, ddim, dpm++, euler, euler_a, unipc, flow_euler or a "
                         "diffusers class name (default: the one saved in the folder)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the initial noise (default 0)")

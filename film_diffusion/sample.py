@@ -11,6 +11,7 @@ from pathlib import Path
 
 import torch
 from diffusers.utils import logging as diffusers_logging
+from PIL import Image
 
 from film_diffusion.errors import UserError, first_line
 from film_diffusion.grid import labelled_grid
@@ -92,11 +93,13 @@ def run_sample(path: str | Path, prompts: Sequence[str] = (), prompts_file: str 
                class_labels: Sequence[int] = (), steps: int | None = None, guidance_scale: float | None = None,
                scheduler: str | None = None,
                seed: int = 0, num_per_prompt: int = 4, out: str | Path = "samples.png",
-               device: str | None = None) -> Path:
+               device: str | None = None, image: str | Path | None = None, strength: float | None = None,
+               guidance_interval: Sequence[float] | None = None, guidance_rescale: float | None = None) -> Path:
     """Sample ``num_per_prompt`` images per caption (or class label), write the labelled grid to ``out`` and
     each image into the folder named after it (``samples.png`` -> ``samples/000_00.png``). ``steps`` and
-    ``guidance_scale`` default to the folder's (a run's pipeline samples as the run did). The same seed gives the
-    same bytes."""
+    ``guidance_scale`` default to the folder's (a run's pipeline samples as the run did), the other options to
+    the pipeline's (see ``FilmDiffusionPipeline.__call__``); ``image`` is a file every prompt starts from. The same
+    seed gives the same bytes."""
     captions = read_prompts(prompts, prompts_file)
     if not captions and not class_labels:
         raise UserError("Nothing to sample: pass --prompt TEXT (or --prompts-file FILE), or --class-label K.")
@@ -106,6 +109,10 @@ def run_sample(path: str | Path, prompts: Sequence[str] = (), prompts_file: str 
     if out.suffix.lower() not in (".png", ".jpg", ".jpeg"):
         raise UserError(f"--out '{out}' must end in .png or .jpg.")
     device = choose_device(device)
+    options = {"strength": strength, "guidance_interval": guidance_interval, "guidance_rescale": guidance_rescale}
+    options = {name: value for name, value in options.items() if value is not None}
+    if image is not None:
+        options["image"] = read_image(image)
     pipe = load_pipeline(path)
     _check_inputs_fit(pipe, path, captions, class_labels)
     if scheduler is not None:
@@ -116,7 +123,7 @@ def run_sample(path: str | Path, prompts: Sequence[str] = (), prompts_file: str 
         condition["prompt"] = captions
     if class_labels:
         condition["class_labels"] = list(class_labels)
-    images = pipe(**condition, num_inference_steps=steps, guidance_scale=guidance_scale,
+    images = pipe(**condition, **options, num_inference_steps=steps, guidance_scale=guidance_scale,
                   num_images_per_prompt=num_per_prompt,
                   generator=torch.Generator(device).manual_seed(seed)).images
     labels = _row_labels(captions, class_labels)
@@ -135,6 +142,18 @@ def run_sample(path: str | Path, prompts: Sequence[str] = (), prompts_file: str 
     (image_folder / "captions.txt").write_text("".join(lines))
     labelled_grid(rows, labels).save(out)
     return out
+
+
+def read_image(path: str | Path) -> Image.Image:
+    """An image file as RGB, or one sentence naming the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"--image '{path}' does not exist; pass an image file (PNG, JPEG, ...).")
+    try:
+        with Image.open(path) as image:
+            return image.convert("RGB")
+    except (OSError, SyntaxError) as err:
+        raise UserError(f"--image '{path}' is not a readable image ({first_line(err)}); pass a PNG or JPEG.") from None
 
 
 def choose_device(name: str | None) -> torch.device:

@@ -1,8 +1,9 @@
 """FilmDiffusionPipeline: sample from a film-diffusion DiT or U-Net with any diffusers scheduler.
 
-One ``__call__``, as in diffusers: encode the condition, start from noise, and at each step run the
-model once on the conditional and unconditional halves together, guide every predicted channel, and
-let the scheduler step. The unconditional half is the model's own null: the null class of a
+One ``__call__``, as in diffusers: encode the condition, start from noise (or from an image noised part of
+the way, image-to-image), and at each step run the model once on the conditional and unconditional halves
+together, guide every predicted channel (see ``guidance.py`` for the interval and the rescale), and let the
+scheduler step. The unconditional half is the model's own null: the null class of a
 class-label model, or the null condition the folder records for a text model (the one training
 used for caption dropout).
 """
@@ -16,7 +17,7 @@ from typing import Any
 
 import torch
 from diffusers import AutoencoderKL, DiffusionPipeline, ImagePipelineOutput
-from diffusers.image_processor import VaeImageProcessor
+from diffusers.image_processor import PipelineImageInput, VaeImageProcessor
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
 from diffusers.utils.torch_utils import randn_tensor
 
@@ -25,7 +26,15 @@ from film_diffusion.backbones.unet import UNet
 from film_diffusion.conditioning import Condition
 from film_diffusion.encoders import OpenCLIP, TextEncoder, TransformersCLIP
 from film_diffusion.encoders.null import check_null_condition, null_condition
-from film_diffusion.errors import UserError
+from film_diffusion.errors import UserError, first_line
+from film_diffusion.pipelines.guidance import Guidance
+from film_diffusion.pipelines.image_to_image import (
+    DEFAULT_STRENGTH,
+    check_can_start_midway,
+    check_strength,
+    midway_timesteps,
+    noised,
+)
 from film_diffusion.pipelines.schedulers import check_scheduler, scheduler_from_name, takes_learned_variance
 
 OUTPUT_TYPES = ("pil", "np", "pt", "latent")
@@ -131,41 +140,66 @@ class FilmDiffusionPipeline(DiffusionPipeline):
         latents: torch.Tensor | None = None,
         output_type: str = "pil",
         return_dict: bool = True,
+        image: PipelineImageInput | None = None,
+        strength: float | None = None,
+        guidance_interval: tuple[float, float] = (0.0, 1.0),
+        guidance_rescale: float = 0.0,
     ) -> ImagePipelineOutput | tuple:
         """Generate ``num_images_per_prompt`` images for each prompt (or class label).
 
         ``num_inference_steps`` and ``guidance_scale`` default to the folder's (``self.config``): for a trained
         run, the steps and guidance it was sampled and scored with. Guidance runs when ``guidance_scale > 1``:
         ``uncond + scale * (cond - uncond)`` on every predicted channel; a learned-sigma model's variance comes
-        from the conditional half and goes to schedulers that read it. ``latents`` is the initial noise
-        ``[B, C, h, w]``; it is scaled by the scheduler's ``init_noise_sigma``. ``output_type="pt"`` gives
-        ``[B, 3, H, W]`` in [0, 1].
+        from the conditional half and goes to schedulers that read it. ``guidance_interval=(start, stop)`` guides
+        only that fraction of the steps (the others run the conditional half alone); ``guidance_rescale`` mixes in
+        the guided prediction rescaled to the conditional one's standard deviation (diffusers' name and formula).
+        ``latents`` is the initial noise ``[B, C, h, w]``; it is scaled by the scheduler's ``init_noise_sigma``.
+
+        ``image`` (one, or one per prompt: PIL, numpy or a tensor in [0, 1], resized to the model's size) turns
+        on image-to-image: the image (its VAE latent mean, for a latent model) is noised with ``latents`` to the
+        point ``strength`` (default 0.8) of the way back along the schedule, and the last ``int(steps *
+        strength)`` steps denoise it; strength 1 is text-to-image from the same noise. ``output_type="pt"``
+        gives ``[B, 3, H, W]`` in [0, 1].
         """
         if output_type not in OUTPUT_TYPES:
             raise UserError(f"output_type={output_type!r} is not supported; choose one of {', '.join(OUTPUT_TYPES)}.")
         num_inference_steps = self.config.num_inference_steps if num_inference_steps is None else num_inference_steps
         guidance_scale = self.config.guidance_scale if guidance_scale is None else guidance_scale
         _check_sampling(num_inference_steps, guidance_scale)
+        guidance = Guidance(guidance_scale, guidance_interval, guidance_rescale)
         if num_images_per_prompt < 1:
             raise UserError("num_images_per_prompt must be at least 1.")
+        if image is None and strength is not None:
+            raise UserError("strength is image-to-image's; pass image=... with it, or leave strength out.")
+        if image is not None:
+            strength = DEFAULT_STRENGTH if strength is None else strength
+            check_strength(strength)
+            check_can_start_midway(self.scheduler)
         device = self._execution_device
         cond, uncond = self._model_inputs(prompt, class_labels, negative_prompt, num_images_per_prompt, device)
         batch = _batch_size(cond)
-        guided = guidance_scale > 1
-        inputs = _concat_inputs(uncond, cond) if guided else cond
+        both = _concat_inputs(uncond, cond) if guidance.on else None
 
-        latents = self._initial_latents(batch, latents, generator, device)
-        channels = latents.shape[1]
+        noise = self._noise(batch, latents, generator, device)
+        channels = noise.shape[1]
         self.scheduler.set_timesteps(num_inference_steps, device=device)
+        if image is None or strength == 1:
+            timesteps = self.scheduler.timesteps
+            # Flow-matching schedulers start from unit noise and have no init_noise_sigma.
+            latents = noise * getattr(self.scheduler, "init_noise_sigma", 1.0)
+        else:
+            timesteps = midway_timesteps(self.scheduler, num_inference_steps, strength)
+            clean = self._image_latents(image, batch, num_images_per_prompt, device)
+            latents = noised(self.scheduler, clean, noise, timesteps[0])
         step_kwargs = self._step_kwargs(generator)
-        for t in self.progress_bar(self.scheduler.timesteps):
-            x = torch.cat([latents, latents]) if guided else latents
-            x = self._scale_model_input(x, t)
-            out = self.denoiser(x, t, **inputs).sample.float()  # (B or 2B, C or 2C, h, w)
-            if guided:
-                out_uncond, out_cond = out.chunk(2)
-                eps = out_uncond[:, :channels] + guidance_scale * (out_cond[:, :channels] - out_uncond[:, :channels])
-                out = torch.cat([eps, out_cond[:, channels:]], dim=1)
+        for i, t in enumerate(self.progress_bar(timesteps)):
+            if guidance.guides_step(i, len(timesteps)):
+                x = self._scale_model_input(torch.cat([latents, latents]), t)
+                out_uncond, out_cond = self.denoiser(x, t, **both).sample.float().chunk(2)  # (B, C or 2C, h, w)
+                guided = guidance.combine(out_uncond[:, :channels], out_cond[:, :channels])
+                out = torch.cat([guided, out_cond[:, channels:]], dim=1)
+            else:
+                out = self.denoiser(self._scale_model_input(latents, t), t, **cond).sample.float()
             if not takes_learned_variance(self.scheduler):
                 out = out[:, :channels]  # a learned variance the scheduler does not read is dropped
             latents = self.scheduler.step(out, t, latents, **step_kwargs).prev_sample
@@ -230,8 +264,8 @@ class FilmDiffusionPipeline(DiffusionPipeline):
             raise UserError(f"Class labels {bad} are out of range; this model has classes 0 to {num_classes - 1}.")
         return labels.long()
 
-    def _initial_latents(self, batch: int, latents: torch.Tensor | None, generator: Any,
-                         device: torch.device) -> torch.Tensor:
+    def _noise(self, batch: int, latents: torch.Tensor | None, generator: Any, device: torch.device) -> torch.Tensor:
+        """The unit noise sampling starts from: ``latents`` when given (checked), else drawn."""
         cfg = self.denoiser.config
         shape = (batch, cfg.in_channels, cfg.sample_size, cfg.sample_size)
         if latents is None:
@@ -239,8 +273,30 @@ class FilmDiffusionPipeline(DiffusionPipeline):
         elif tuple(latents.shape) != shape:
             raise UserError(f"latents must have shape {shape} (images x channels x size x size), "
                             f"got {tuple(latents.shape)}.")
-        # Flow-matching schedulers start from unit noise and have no init_noise_sigma.
-        return latents.to(device, torch.float32) * getattr(self.scheduler, "init_noise_sigma", 1.0)
+        return latents.to(device, torch.float32)
+
+    def _image_latents(self, image: PipelineImageInput, batch: int, per_prompt: int,
+                       device: torch.device) -> torch.Tensor:
+        """The input image(s) as clean samples of the batch: in [-1, 1] at the model's size, through the VAE's
+        latent mean and scaling for a latent model. One image serves every prompt; a list gives one per prompt."""
+        size = self.denoiser.config.sample_size * self.image_processor.config.vae_scale_factor
+        try:
+            pixels = self.image_processor.preprocess(image, height=size, width=size)
+        except (ValueError, TypeError) as err:
+            raise UserError(f"image must be a PIL image, a numpy array or a tensor in [0, 1], or a list of them "
+                            f"({first_line(err)}).") from None
+        expected = 3 if self.vae is not None else self.denoiser.config.in_channels
+        if pixels.shape[1] != expected:
+            raise UserError(f"image has {pixels.shape[1]} channels; this model draws {expected}-channel images "
+                            "(convert it, e.g. PIL's image.convert('RGB')).")
+        prompts = batch // per_prompt
+        if len(pixels) not in (1, prompts):
+            raise UserError(f"{len(pixels)} images for {prompts} prompts; pass one image, or one per prompt.")
+        pixels = pixels.to(device, torch.float32).repeat_interleave(batch // len(pixels), dim=0)
+        if self.vae is None:
+            return pixels
+        latents = self.vae.encode(pixels.to(self.vae.dtype)).latent_dist.mode().float()
+        return (latents - (self.vae.config.get("shift_factor") or 0.0)) * self.vae.config.scaling_factor
 
     def _scale_model_input(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         """The scheduler's input scaling (Euler's 1 / sqrt(sigma^2 + 1)); flow-matching ones have none."""
@@ -263,8 +319,7 @@ class FilmDiffusionPipeline(DiffusionPipeline):
 def _check_sampling(num_inference_steps: int, guidance_scale: float) -> None:
     if not isinstance(num_inference_steps, int) or num_inference_steps < 1:
         raise UserError(f"num_inference_steps must be an integer of at least 1, got {num_inference_steps!r}.")
-    if not guidance_scale >= 0:
-        raise UserError(f"guidance_scale must be 0 or more (1 turns guidance off), got {guidance_scale!r}.")
+    Guidance(guidance_scale)
 
 
 def _check_components(denoiser: DiT | UNet, text_encoder: TextEncoder | None) -> None:

@@ -2,6 +2,7 @@
 
 import shutil
 
+import numpy as np
 import pytest
 import torch
 from diffusers import DDIMScheduler
@@ -117,3 +118,29 @@ def test_guidance_has_one_name_on_the_command_line(capsys):
     with pytest.raises(SystemExit):
         main(["sample", "x", "--cfg", "2"])
     assert "unrecognized arguments: --cfg 2" in capsys.readouterr().err
+
+
+def test_image_to_image_and_guidance_flags_sample_as_the_pipeline_does(text_folder, tmp_path, capsys):
+    start = Image.fromarray(np.random.default_rng(0).integers(0, 256, (SIZE, SIZE, 3), dtype=np.uint8))
+    start.save(tmp_path / "start.png")
+    out = tmp_path / "i2i.png"
+    assert main(["sample", str(text_folder), "--prompt", "a red circle", "--num-per-prompt", "2", "--steps", "4",
+                 "--image", str(tmp_path / "start.png"), "--strength", "0.5", "--guidance-interval", "0.5", "1",
+                 "--guidance-rescale", "0.7", "--out", str(out)]) == 0
+    pipe = FilmDiffusionPipeline.from_pretrained(text_folder)
+    expected = pipe(prompt=["a red circle"], num_images_per_prompt=2, num_inference_steps=4, image=start, strength=0.5,
+                    guidance_interval=(0.5, 1.0), guidance_rescale=0.7, output_type="np",
+                    generator=torch.Generator("cpu").manual_seed(0)).images
+    for c in range(2):
+        got = np.asarray(Image.open(tmp_path / "i2i" / f"000_{c:02d}.png"))
+        assert np.abs(got.astype(int) - np.round(expected[c] * 255).astype(int)).max() <= 1
+    capsys.readouterr()
+    (tmp_path / "notes.txt").write_text("not an image")
+    for image, message in ((tmp_path / "missing.png", "does not exist"), (tmp_path / "notes.txt", "not a readable")):
+        assert main(["sample", str(text_folder), "--prompt", "a", "--image", str(image), "--out",
+                     str(tmp_path / "x.png")]) == 2
+        err = capsys.readouterr().err
+        assert message in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert main(["sample", str(text_folder), "--prompt", "a", "--strength", "0.5", "--out",
+                 str(tmp_path / "x.png")]) == 2
+    assert "pass image=" in capsys.readouterr().err and not (tmp_path / "x.png").exists()

@@ -13,7 +13,9 @@ from film_diffusion.pipelines import FilmDiffusionPipeline
 SIZE = 8
 
 
-def text_denoiser(backbone: str, encoder: TextEncoder, channels: int = 3, **kwargs) -> torch.nn.Module:
+def text_denoiser(backbone: str, encoder: TextEncoder, channels: int = 3, perturb: float = 0.2,
+                  **kwargs) -> torch.nn.Module:
+    """``perturb``: the scale of the noise added to every weight (0: the model as built, which predicts zero)."""
     dims = {"cond_token_dim": encoder.token_dim, "cond_pooled_dim": encoder.pooled_dim}
     if backbone == "dit":
         model = DiT(sample_size=SIZE, patch_size=2, in_channels=channels, hidden_size=32, depth=2, num_heads=4,
@@ -22,7 +24,7 @@ def text_denoiser(backbone: str, encoder: TextEncoder, channels: int = 3, **kwar
         model = UNet(sample_size=SIZE, in_channels=channels, block_out_channels=(16, 32), layers_per_block=1,
                      attention_levels=(1,), num_heads=2, norm_num_groups=8,
                      conditioning=kwargs.pop("conditioning", ["film", "cross_attention"]), **dims, **kwargs)
-    return randomize_(model, scale=0.2).eval()
+    return randomize_(model, scale=perturb).eval()
 
 
 def class_denoiser(num_classes: int = 10, channels: int = 3, **kwargs) -> DiT:
