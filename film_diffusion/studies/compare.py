@@ -121,7 +121,8 @@ def launch(command: list[str], name: str) -> None:
 
 
 def check_same_experiment(run: PlannedRun) -> None:
-    """A run folder left by an earlier sitting must hold the experiment the matrix now asks for."""
+    """A run folder left by an earlier sitting must hold the experiment the matrix now asks for. A key its config
+    lacks (added to film-diffusion since) counts at its default, which keeps the behaviour from before the key."""
     saved = run.folder / "config.yaml"
     if not saved.is_file():
         return
@@ -132,7 +133,8 @@ def check_same_experiment(run: PlannedRun) -> None:
     if not isinstance(before, dict):  # torn by a kill before it was whole: no checkpoint can follow it
         return
     before, now = flatten(before), flatten(config_to_dict(run.config))
-    changed = [k for k in now if before.get(k) != now[k]]
+    defaults = flatten(config_to_dict(ExperimentConfig()))
+    changed = [k for k in now if before.get(k, defaults.get(k)) != now[k]]
     if changed:
         key = changed[0]
         raise UserError(f"Run folder '{run.folder}' was trained with another config ({key} was {before.get(key)!r}, "

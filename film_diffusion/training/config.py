@@ -131,6 +131,10 @@ class TrainConfig:
     eval_every: int = 0  # oracle scores, FID and KID (see the eval section) every N steps and at the end; 0: never
     checkpoint_every: int = 500  # 0: only at the end
     checkpoints_total_limit: int | None = 2  # keep the newest N checkpoints; None: all
+    # a run or pipeline folder whose denoiser's weights the model starts from (what the config adds keeps its own
+    # initialisation, checked to start from the base's outputs); None: from scratch
+    init_from: Path | None = None
+    trainable: Literal["all", "new"] = "all"  # new: only the weights the config adds to init_from's (the base frozen)
 
 
 @dataclass
@@ -265,5 +269,8 @@ def check_config(config: ExperimentConfig, num_processes: int = 1) -> None:
     if config.vae.precompute and (config.vae.name_or_path is None or data.random_flip or not data.center_crop):
         raise ConfigError("Config key 'vae.precompute' needs vae.name_or_path and data without random augmentation "
                           "(data.random_flip: false, data.center_crop: true): stored latents are of fixed images.")
+    if train.trainable == "new" and train.init_from is None:
+        raise ConfigError("Config key 'train.trainable' is 'new', which needs train.init_from (the base whose weights "
+                          "stay frozen); set it, or use trainable: all.")
     if data.num_workers < 0:
         raise ConfigError(f"Config key 'data.num_workers' is {data.num_workers}; use 0 or more.")

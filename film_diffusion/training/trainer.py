@@ -26,6 +26,7 @@ from film_diffusion.training.build import build_dataset, build_denoiser, build_e
 from film_diffusion.training.config import ExperimentConfig, check_config
 from film_diffusion.training.ema import RunEMA, ema_weights
 from film_diffusion.training.hooks import PeriodicHooks, make_pipeline, save_pipeline
+from film_diffusion.training.init_from import freeze_all_but, init_from
 from film_diffusion.training.inputs import ConditionMaker, clean_latents
 from film_diffusion.training.objectives import diffusion_loss, noise_scheduler, noisy_batch
 from film_diffusion.training.progress import RunProgress, nonfinite
@@ -48,13 +49,18 @@ def train(config: ExperimentConfig, resume: str | None = None) -> Path:
     channels, size = latent_shape(config, vae)
     model = build_denoiser(config, channels, size, getattr(encoder, "token_dim", None),
                            getattr(encoder, "pooled_dim", None), getattr(encoder, "max_length", None))
+    if tc.init_from is not None:
+        added = init_from(model, tc.init_from)
+        if tc.trainable == "new":
+            freeze_all_but(model, added)
     dataset = build_dataset(config.data, config.condition)
     scheduler = noise_scheduler(config.objective, config.model.learn_sigma, pixel_space=vae is None)
     device = accelerator.device
     for frozen in (encoder, vae):
         if frozen is not None:
             frozen.to(device)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=tc.lr, betas=(tc.adam_beta1, tc.adam_beta2),
+    trained = [parameter for parameter in model.parameters() if parameter.requires_grad]
+    optimizer = torch.optim.AdamW(trained, lr=tc.lr, betas=(tc.adam_beta1, tc.adam_beta2),
                                   weight_decay=tc.weight_decay)
     # The lr schedule counts optimizer steps and is stepped once per step by us, whatever the process count.
     lr_schedule = get_scheduler(tc.lr_scheduler, optimizer, num_warmup_steps=tc.warmup_steps,

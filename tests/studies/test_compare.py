@@ -141,6 +141,21 @@ def test_a_changed_experiment_does_not_reuse_old_runs(tmp_path, monkeypatch):
         compare_module.run_all([planned], config, [])
 
 
+def test_a_key_added_since_a_run_was_trained_counts_at_its_default(tmp_path, monkeypatch):
+    launched = []
+    monkeypatch.setattr(compare_module, "launch", lambda command, name: launched.append(name))
+    config = write_config(tmp_path)
+    planned = compare_module.plan_runs(compare_module.load_compare(config))[0]
+    planned.folder.mkdir(parents=True)
+    saved = yaml.safe_load(yaml.safe_dump(compare_module.config_to_dict(planned.config)))
+    del saved["train"]["trainable"]  # a run trained before the key existed
+    (planned.folder / "config.yaml").write_text(yaml.safe_dump(saved))
+    compare_module.check_same_experiment(planned)
+    planned.config.train.trainable = "new"  # but the key set to something else is another experiment
+    with pytest.raises(UserError, match=r"another config \(train.trainable was None, now 'new'\)"):
+        compare_module.check_same_experiment(planned)
+
+
 def test_a_run_killed_before_its_first_checkpoint_starts_over(tmp_path, monkeypatch):
     launched = []
     monkeypatch.setattr(compare_module, "launch", lambda command, name: launched.append(command))
