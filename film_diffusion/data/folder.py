@@ -3,9 +3,11 @@ images anywhere under ``root`` and a ``metadata.jsonl`` whose rows give ``file_n
 ``root``) and ``text``. Items match the built-in scenes' (``image`` in [-1, 1], ``caption``), without
 ground truth.
 
-Every image is decoded once when the dataset is built: a broken file is then skipped with a warning
-naming it (and a count at the end) instead of stopping a training run hours later. Every mode PIL reads
-(CMYK, 16-bit, palette, transparency, animation) is converted to RGB as a viewer would show it.
+Nothing is decoded when the dataset is built (a folder of a million images starts at once): each image is
+decoded when it is first read, and a broken one is skipped then, with a warning naming it and the count so
+far, its place taken by the next readable image of the list, so every index always gives the same item (runs
+resume exactly and agree across processes). Every mode PIL reads (CMYK, 16-bit, palette, transparency,
+animation) is converted to RGB as a viewer would show it.
 """
 
 from __future__ import annotations
@@ -15,7 +17,6 @@ import logging
 from pathlib import Path
 
 import numpy as np
-import torch
 from PIL import Image
 from torch.utils.data import Dataset
 from torchvision import transforms
@@ -32,25 +33,10 @@ class ImageFolderDataset(Dataset):
 
     def __init__(self, root: str | Path, resolution: int, center_crop: bool = True, random_flip: bool = False):
         self.root = Path(root)
-        rows = _read_metadata(self.root)
-        self.skipped: list[Path] = []
-        self.samples: list[tuple[Path, str]] = []
-        for path, text in rows:
-            try:
-                with Image.open(path) as image:
-                    image.draft("RGB", (resolution, resolution))  # JPEGs decode at reduced size: fast, still complete
-                    image.load()
-            except (OSError, SyntaxError, ValueError) as err:  # what PIL raises for unreadable or truncated files
-                logger.warning("Skipping unreadable image %s (%s).", path, err)
-                self.skipped.append(path)
-                continue
-            self.samples.append((path, text))
-        if self.skipped:
-            logger.warning("Skipped %d of %d images in %s that could not be read.", len(self.skipped), len(rows),
-                           self.root)  # fmt: skip
-        if not self.samples:
-            raise UserError(f"No readable image is listed in {self.root / METADATA}; add images or fix the files.")
+        self.samples = _read_metadata(self.root)
+        self.skipped: list[Path] = []  # the broken files found so far (in this process)
         self.transform = self.make_transform(resolution, center_crop, random_flip)
+        self[0]  # a folder with no readable image is refused now, not at the first batch
 
     @staticmethod
     def make_transform(resolution: int, center_crop: bool, random_flip: bool) -> transforms.Compose:
@@ -67,10 +53,21 @@ class ImageFolderDataset(Dataset):
         return len(self.samples)
 
     def __getitem__(self, index: int) -> dict:
-        path, text = self.samples[index]
-        with Image.open(path) as image:
-            pixels: torch.Tensor = self.transform(to_rgb(image))
-        return {"image": pixels, "caption": text}
+        """Item ``index``, or, where its image is broken, the next readable one after it (wrapping round)."""
+        for offset in range(len(self.samples)):
+            path, text = self.samples[(index + offset) % len(self.samples)]
+            if path in self.skipped:
+                continue
+            try:
+                with Image.open(path) as image:
+                    image = to_rgb(image)  # decodes: a truncated file fails here
+            except (OSError, SyntaxError, ValueError) as err:  # what PIL raises for unreadable or truncated files
+                self.skipped.append(path)
+                logger.warning("Skipping unreadable image %s (%s); %d of %d images skipped so far.", path, err,
+                               len(self.skipped), len(self.samples))
+                continue
+            return {"image": self.transform(image), "caption": text}
+        raise UserError(f"No readable image is listed in {self.root / METADATA}; add images or fix the files.")
 
 
 def to_rgb(image: Image.Image) -> Image.Image:

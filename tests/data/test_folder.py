@@ -71,11 +71,16 @@ def test_broken_images_are_skipped_with_a_warning_and_a_count(tmp_path, caplog):
                  {"ok.png": good, "broken.png": truncated, "junk.jpg": b"not an image at all"})  # fmt: skip
     with caplog.at_level(logging.WARNING, logger="film_diffusion.data.folder"):
         dataset = ImageFolderDataset(tmp_path, resolution=8)
-    assert len(dataset) == 1 and dataset[0]["caption"] == "fine"
+        assert dataset.skipped == []  # nothing is decoded when the dataset is built
+        first = [dataset[i]["caption"] for i in range(3)]
+        again = [dataset[i]["image"] for i in range(3)]
+    assert len(dataset) == 3 and first == ["fine", "fine", "fine"]  # a broken image's place: the next readable one
+    assert all(torch.equal(image, again[0]) for image in again)
     assert [p.name for p in dataset.skipped] == ["broken.png", "junk.jpg"]
     messages = [r.getMessage() for r in caplog.records]
-    assert any("broken.png" in m for m in messages) and any("junk.jpg" in m for m in messages)
-    assert messages[-1].startswith("Skipped 2 of 3 images")
+    assert len(messages) == 2  # one warning per broken file, however often its index is read
+    assert "broken.png" in messages[0] and "1 of 3 images skipped so far" in messages[0]
+    assert "junk.jpg" in messages[1] and "2 of 3 images skipped so far" in messages[1]
 
 
 def test_missing_metadata_or_file_is_one_clear_error(tmp_path):
@@ -87,6 +92,6 @@ def test_missing_metadata_or_file_is_one_clear_error(tmp_path):
     (tmp_path / "metadata.jsonl").write_text('{"file_name": "there.png", "text": "a"}\n{"file": "there.png"}\n')
     with pytest.raises(UserError, match='Line 2 of .* is not a JSON object with "file_name" and "text"'):
         ImageFolderDataset(tmp_path, resolution=8)
-    write_folder(tmp_path, [("junk.png", "a")], {"junk.png": b"\x00" * 10})
+    write_folder(tmp_path, [("junk.png", "a"), ("bad.png", "b")], {"junk.png": b"\x00" * 10, "bad.png": b"?"})
     with pytest.raises(UserError, match="No readable image is listed"):
         ImageFolderDataset(tmp_path, resolution=8)
