@@ -18,7 +18,10 @@ import torch
 from accelerate.state import AcceleratorState
 from open_clip.tokenizer import bytes_to_unicode, default_bpe
 from safetensors.torch import save_file
-from transformers import CLIPTextConfig, CLIPTextModelWithProjection
+from tokenizers import Tokenizer, models, pre_tokenizers, processors
+from transformers import CLIPTextConfig, CLIPTextModelWithProjection, PreTrainedTokenizerFast, T5Config, T5EncoderModel
+
+from film_diffusion.data.vocabulary import CELLS, COLORS, SHAPES, SIZES
 
 TINY_OPEN_CLIP = {
     "embed_dim": 24,
@@ -99,3 +102,23 @@ def tiny_open_clip(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, Path]
     model = open_clip.create_model("film-test-tiny-clip")
     save_file(model.state_dict(), folder / "weights.safetensors")
     return "film-test-tiny-clip", folder / "weights.safetensors"
+
+
+@pytest.fixture(scope="session")
+def tiny_t5(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A folder laid out like a hub T5 repo: a 2-layer ``T5EncoderModel`` and a word-level fast tokenizer over the
+    built-in scenes' words, ending each caption with ``</s>`` as T5's does."""
+    folder = tmp_path_factory.mktemp("tiny-t5")
+    words = sorted({w for phrase in [*COLORS, *SHAPES, *SIZES, *CELLS, "a at the on in of and"]
+                    for w in phrase.split()})
+    vocab = {"<pad>": 0, "</s>": 1, "<unk>": 2, **{w: i + 3 for i, w in enumerate(words)}}
+    tokenizer = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
+    tokenizer.post_processor = processors.TemplateProcessing(single="$A </s>", special_tokens=[("</s>", 1)])
+    PreTrainedTokenizerFast(tokenizer_object=tokenizer, pad_token="<pad>", eos_token="</s>",
+                            unk_token="<unk>").save_pretrained(folder)
+    torch.manual_seed(0)
+    config = T5Config(vocab_size=len(vocab), d_model=32, d_kv=8, d_ff=64, num_layers=2, num_heads=4,
+                      decoder_start_token_id=0, pad_token_id=0, eos_token_id=1)
+    T5EncoderModel(config).save_pretrained(folder)
+    return folder

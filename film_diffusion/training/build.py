@@ -14,7 +14,7 @@ from film_diffusion.backbones.unet import UNet
 from film_diffusion.config import ConfigError
 from film_diffusion.data.folder import ImageFolderDataset
 from film_diffusion.data.shapes import NUM_SCENE_CLASSES, ShapesDataset, scene_class
-from film_diffusion.encoders import OpenCLIP, TextEncoder, TransformersCLIP, builtin_clip
+from film_diffusion.encoders import OpenCLIP, TextEncoder, TransformersCLIP, TransformersT5, builtin_clip
 from film_diffusion.errors import UserError
 from film_diffusion.training.config import ConditionConfig, DataConfig, ExperimentConfig, VaeConfig
 
@@ -25,6 +25,8 @@ def build_encoder(condition: ConditionConfig) -> TextEncoder | None:
         return None
     if condition.source == "builtin_clip":
         return builtin_clip(condition.layer)
+    if condition.source == "t5":
+        return TransformersT5(condition.name, layer=condition.layer, max_length=condition.max_length)
     if condition.source == "transformers":
         return TransformersCLIP(condition.name, layer=condition.layer, use_projection=condition.use_projection,
                                 max_length=condition.max_length)

@@ -57,12 +57,12 @@ class ModelConfig:
 
 @dataclass
 class ConditionConfig:
-    source: Literal["builtin_clip", "transformers", "open_clip", "class_labels"] = "builtin_clip"
-    name: str | None = None  # transformers: hub id or folder; open_clip: model name (or local-dir:FOLDER)
+    source: Literal["builtin_clip", "transformers", "open_clip", "t5", "class_labels"] = "builtin_clip"
+    name: str | None = None  # transformers, t5: hub id or folder; open_clip: model name (or local-dir:FOLDER)
     pretrained: str | None = None  # open_clip: pretrained tag or checkpoint file
     layer: Literal["last", "penultimate"] = "last"
     use_projection: bool = True  # transformers: pooled = the projected text embedding
-    max_length: int = 77  # transformers: token context
+    max_length: int = 77  # transformers, t5: token context (PixArt-alpha gives T5 120)
     num_classes: int | None = None  # class_labels: how many classes (the null class is one more)
     cache: bool = True  # encode each distinct caption once per run (frozen encoders)
     embeddings: Path | None = None  # captions pre-encoded by encoders.save_embeddings (needs cache: true)
@@ -251,7 +251,7 @@ def check_config(config: ExperimentConfig, num_processes: int = 1) -> None:
         if train.null_condition == "learned":
             raise ConfigError("Config key 'train.null_condition' is 'learned', but a class-label model's null is its "
                               "null class; remove the key.")
-    elif condition.source in ("transformers", "open_clip") and not condition.name:
+    elif condition.source in ("transformers", "open_clip", "t5") and not condition.name:
         raise ConfigError(f"Config key 'condition.name' is required with condition.source={condition.source} "
                           "(a hub id, a folder or an open_clip model name).")
     if condition.embeddings is not None and not (condition.cache and condition.embeddings.is_file()):
