@@ -24,7 +24,7 @@ from diffusers.utils.torch_utils import randn_tensor
 from film_diffusion.backbones.dit import DiT
 from film_diffusion.backbones.unet import UNet
 from film_diffusion.conditioning import Condition
-from film_diffusion.encoders import OpenCLIP, TextEncoder, TransformersCLIP, TransformersT5
+from film_diffusion.encoders import OpenCLIP, PairedEncoder, TextEncoder, TransformersCLIP, TransformersT5
 from film_diffusion.encoders.null import check_null_condition, null_condition
 from film_diffusion.errors import UserError, first_line
 from film_diffusion.pipelines.guidance import Guidance
@@ -55,7 +55,7 @@ __all__ = ["FilmDiffusionPipeline"]
 '''
 
 DENOISERS = (DiT, UNet)
-TEXT_ENCODERS = (OpenCLIP, TransformersCLIP, TransformersT5)
+TEXT_ENCODERS = (OpenCLIP, TransformersCLIP, TransformersT5, PairedEncoder)
 """The component classes a folder may name. diffusers loads a component only from a module already
 imported, so importing them here is what lets ``from_pretrained`` find them."""
 
@@ -329,8 +329,8 @@ def _check_components(denoiser: DiT | UNet, text_encoder: TextEncoder | None) ->
         raise UserError(f"The denoiser must be a film-diffusion DiT or UNet, not a {type(denoiser).__name__}; "
                         "convert diffusers DiT weights with film_diffusion.convert.load_diffusers_dit.")
     if text_encoder is not None and not isinstance(text_encoder, TEXT_ENCODERS):
-        raise UserError(f"The text encoder must be a film-diffusion OpenCLIP, TransformersCLIP or TransformersT5, "
-                        f"not a "
+        raise UserError(f"The text encoder must be a film-diffusion OpenCLIP, TransformersCLIP, TransformersT5 or "
+                        f"PairedEncoder, not a "
                         f"{type(text_encoder).__name__}.")
     cfg = denoiser.config
     reads_text = cfg.cond_token_dim is not None or cfg.cond_pooled_dim is not None

@@ -14,15 +14,30 @@ from film_diffusion.backbones.unet import UNet
 from film_diffusion.config import ConfigError
 from film_diffusion.data.folder import ImageFolderDataset
 from film_diffusion.data.shapes import NUM_SCENE_CLASSES, ShapesDataset, scene_class
-from film_diffusion.encoders import OpenCLIP, TextEncoder, TransformersCLIP, TransformersT5, builtin_clip
+from film_diffusion.encoders import (
+    OpenCLIP,
+    PairedEncoder,
+    TextEncoder,
+    TransformersCLIP,
+    TransformersT5,
+    builtin_clip,
+)
 from film_diffusion.errors import UserError
-from film_diffusion.training.config import ConditionConfig, DataConfig, ExperimentConfig, VaeConfig
+from film_diffusion.training.config import ConditionConfig, DataConfig, ExperimentConfig, PooledFromConfig, VaeConfig
 
 
 def build_encoder(condition: ConditionConfig) -> TextEncoder | None:
-    """The frozen text encoder the config names, or None for class labels."""
+    """The frozen text encoder the config names (paired with ``pooled_from``'s), or None for class labels."""
     if condition.source == "class_labels":
         return None
+    encoder = _one_encoder(condition)
+    if condition.pooled_from is None:
+        return encoder
+    return PairedEncoder(encoder, _one_encoder(condition.pooled_from))
+
+
+def _one_encoder(condition: ConditionConfig | PooledFromConfig) -> TextEncoder:
+    """One encoder from the keys ``condition`` and ``condition.pooled_from`` share."""
     if condition.source == "builtin_clip":
         return builtin_clip(condition.layer)
     if condition.source == "t5":

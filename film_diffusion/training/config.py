@@ -66,6 +66,20 @@ class ConditionConfig:
     num_classes: int | None = None  # class_labels: how many classes (the null class is one more)
     cache: bool = True  # encode each distinct caption once per run (frozen encoders)
     embeddings: Path | None = None  # captions pre-encoded by encoders.save_embeddings (needs cache: true)
+    pooled_from: PooledFromConfig | None = None  # a second encoder for the pooled vector (SD3: CLIP beside T5)
+
+
+@dataclass
+class PooledFromConfig:
+    """``condition.pooled_from``: a second encoder whose pooled vector replaces the first's (SD3 pairs T5's tokens
+    with CLIP's pooled embedding). Its keys mean what they mean in ``condition``."""
+
+    source: Literal["builtin_clip", "transformers", "open_clip", "t5"] = "builtin_clip"
+    name: str | None = None
+    pretrained: str | None = None
+    layer: Literal["last", "penultimate"] = "last"
+    use_projection: bool = True
+    max_length: int = 77
 
 
 @dataclass
@@ -254,6 +268,13 @@ def check_config(config: ExperimentConfig, num_processes: int = 1) -> None:
     elif condition.source in ("transformers", "open_clip", "t5") and not condition.name:
         raise ConfigError(f"Config key 'condition.name' is required with condition.source={condition.source} "
                           "(a hub id, a folder or an open_clip model name).")
+    if condition.pooled_from is not None:
+        if condition.source == "class_labels":
+            raise ConfigError("Config key 'condition.pooled_from' pairs two text encoders; remove it for "
+                              "condition.source=class_labels.")
+        if condition.pooled_from.source in ("transformers", "open_clip", "t5") and not condition.pooled_from.name:
+            raise ConfigError(f"Config key 'condition.pooled_from.name' is required with "
+                              f"condition.pooled_from.source={condition.pooled_from.source}.")
     if condition.embeddings is not None and not (condition.cache and condition.embeddings.is_file()):
         raise ConfigError(f"Config key 'condition.embeddings' is '{condition.embeddings}'; it needs condition.cache: "
                           "true and a file written by film_diffusion.encoders.save_embeddings.")

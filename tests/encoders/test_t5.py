@@ -1,13 +1,15 @@
-"""TransformersT5 against transformers' own outputs, on a tiny T5 saved locally; a T5 model trains and samples."""
+"""TransformersT5 against transformers' own outputs, on a tiny T5 saved locally; a T5 model, and one on T5 tokens
+with CLIP's pooled vector (SD3's pairing), trains and samples."""
 
 from __future__ import annotations
 
 import pytest
 import torch
-from runs import tiny_run
+from runs import tiny_config, tiny_run
 from transformers import T5EncoderModel
 
-from film_diffusion.encoders import TextEncoder, TransformersT5
+from film_diffusion.config import ConfigError
+from film_diffusion.encoders import PairedEncoder, TextEncoder, TransformersT5, builtin_clip
 from film_diffusion.errors import UserError
 from film_diffusion.pipelines import FilmDiffusionPipeline
 
@@ -61,3 +63,34 @@ def test_a_t5_model_trains_and_its_pipeline_samples(tiny_t5, tmp_path):
     assert isinstance(pipe.text_encoder, TextEncoder) and type(pipe.text_encoder).__name__ == "TransformersT5"
     images = pipe(prompt=["a red circle"], num_inference_steps=2, output_type="pt").images
     assert images.shape == (1, 3, 16, 16)
+
+
+def test_a_pair_takes_t5s_tokens_and_clips_pooled_vector_and_round_trips(tiny_t5, tmp_path):
+    t5, clip = TransformersT5(tiny_t5, max_length=12), builtin_clip()
+    pair = PairedEncoder(t5, clip)
+    got, tokens, pooled = pair.encode(CAPTIONS), t5.encode(CAPTIONS), clip.encode(CAPTIONS)
+    assert (pair.token_dim, pair.pooled_dim, pair.max_length) == (32, clip.pooled_dim, 12)
+    assert torch.equal(got.tokens, tokens.tokens) and torch.equal(got.mask, tokens.mask)
+    assert torch.equal(got.pooled, pooled.pooled)
+    pair.save_pretrained(tmp_path / "pair")
+    loaded = PairedEncoder.from_pretrained(tmp_path / "pair")
+    assert loaded.identity == pair.identity and not any(p.requires_grad for p in loaded.parameters())
+    assert torch.equal(loaded.encode(CAPTIONS).pooled, got.pooled)
+
+
+def test_a_model_on_t5_tokens_with_clips_pooled_vector_trains_and_samples(tiny_t5, tmp_path):
+    run = tiny_run(tmp_path / "run", "condition.source=t5", f"condition.name={tiny_t5}", "condition.max_length=12",
+                   "condition.pooled_from={source: builtin_clip}", "model.conditioning=[adaln_zero,cross_attention]",
+                   "train.max_steps=2")
+    pipe = FilmDiffusionPipeline.from_pretrained(run / "pipeline")
+    assert type(pipe.text_encoder).__name__ == "PairedEncoder"
+    assert pipe.denoiser.config.cond_pooled_dim == builtin_clip().pooled_dim != 32
+    assert pipe(prompt=["a red circle"], num_inference_steps=2, output_type="pt").images.shape == (1, 3, 16, 16)
+
+
+def test_pooled_from_needs_a_text_model_and_a_name(tmp_path):
+    with pytest.raises(ConfigError, match="'condition.pooled_from' pairs two text encoders"):
+        tiny_config(tmp_path, "condition.source=class_labels", "condition.num_classes=32",
+                    "condition.pooled_from={source: builtin_clip}")
+    with pytest.raises(ConfigError, match="'condition.pooled_from.name' is required"):
+        tiny_config(tmp_path, "condition.pooled_from={source: transformers}")
