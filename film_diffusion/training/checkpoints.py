@@ -55,9 +55,11 @@ def save_checkpoint(accelerator: Accelerator, run: Path, step: int, keep: int | 
     final = run / CHECKPOINTS / f"checkpoint-{step}"
     partial = partial_path(final)
     try:
-        if accelerator.is_local_main_process:  # each node's (a multi-node run needs a shared file system)
+        if accelerator.is_main_process:
             discard(partial)  # a kill's leftover from an earlier try
-            partial.mkdir(parents=True)  # before any process writes its RNG state into it
+        accelerator.wait_for_everyone()
+        if accelerator.is_local_main_process:  # each node's: the folder may be shared by the nodes or not
+            partial.mkdir(parents=True, exist_ok=True)  # before any process writes its RNG state into it
         accelerator.wait_for_everyone()
         accelerator.save_state(str(partial), safe_serialization=True)
         if accelerator.is_main_process:
