@@ -44,6 +44,9 @@ DEFAULT_GUIDANCE_SCALE = 2.0
 experiment's ``sample.steps`` / ``sample.guidance_scale``: one default for each, everywhere (the quickstart's
 sweep measured 20 steps as good as 50, and guidance 2 best among those it tried)."""
 
+LORA_WEIGHTS = "pytorch_lora_weights.safetensors"
+"""A LoRA adapter's file, diffusers' name: in a folder of its own, or beside a pipeline trained with it."""
+
 NATIVE_LOADER_FILE = "pipeline.py"
 NATIVE_LOADER_SOURCE = '''"""Lets diffusers' own loader open this folder (film-diffusion must be installed):
 
@@ -101,9 +104,48 @@ class FilmDiffusionPipeline(DiffusionPipeline):
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path: str | Path, **kwargs: Any) -> FilmDiffusionPipeline:
         """diffusers' loader, reading weights only as safetensors: a folder whose weights are missing is an
-        error, never a fall-back to a pickle file."""
+        error, never a fall-back to a pickle file. A folder that holds a LoRA adapter beside its components (a
+        ``train.trainable: lora`` run's) loads it too, so the pipeline samples as the run did."""
         kwargs.setdefault("use_safetensors", True)
-        return super().from_pretrained(pretrained_model_name_or_path, **kwargs)
+        pipe = super().from_pretrained(pretrained_model_name_or_path, **kwargs)
+        if (Path(pretrained_model_name_or_path) / LORA_WEIGHTS).is_file():
+            pipe.load_lora_weights(pretrained_model_name_or_path)
+        return pipe
+
+    def load_lora_weights(self, path_or_state_dict: str | Path | dict, adapter_name: str | None = None) -> None:
+        """Add a LoRA adapter to the denoiser: a folder holding ``pytorch_lora_weights.safetensors`` (a LoRA run's
+        pipeline folder, or one ``save_lora_adapter`` wrote), that file, or its state dict. The base weights are not
+        changed; ``fuse_lora`` merges it, ``unload_lora_weights`` removes it."""
+        source: str | dict = path_or_state_dict if isinstance(path_or_state_dict, dict) else ""
+        options: dict[str, Any] = {}
+        if not isinstance(path_or_state_dict, dict):
+            path = Path(path_or_state_dict)
+            file = path / LORA_WEIGHTS if path.is_dir() else path
+            if not file.is_file():
+                raise UserError(f"No LoRA adapter at '{file}'; pass a folder holding {LORA_WEIGHTS}, or the file.")
+            source, options = str(file.parent), {"weight_name": file.name}
+        before = set(getattr(self.denoiser, "peft_config", {}))
+        try:
+            self.denoiser.load_lora_adapter(source, prefix=None, adapter_name=adapter_name, use_safetensors=True,
+                                            **options)
+        except (ValueError, KeyError, RuntimeError) as err:
+            added = set(getattr(self.denoiser, "peft_config", {})) - before
+            if added:  # the layers PEFT injected before the weights failed to fit: the model is left as it was
+                self.denoiser.delete_adapters(sorted(added))
+            raise UserError(f"Could not load the LoRA adapter ({first_line(err)}); it must be one trained on this "
+                            "model (the same backbone and sizes).") from None
+
+    def fuse_lora(self, lora_scale: float = 1.0) -> None:
+        """Merge the loaded adapter into the denoiser's weights (``lora_scale`` times it): sampling then costs
+        what the base's does. ``unfuse_lora`` takes it out again."""
+        self.denoiser.fuse_lora(lora_scale=lora_scale)
+
+    def unfuse_lora(self) -> None:
+        self.denoiser.unfuse_lora()
+
+    def unload_lora_weights(self) -> None:
+        """Remove every adapter (unfuse first to get the base weights back from a fused one)."""
+        self.denoiser.unload_lora()
 
     def save_pretrained(self, save_directory: str | Path, **kwargs: Any) -> None:
         """diffusers' folder (``model_index.json``, a sub-folder per component, safetensors weights) plus a

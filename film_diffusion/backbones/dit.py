@@ -11,6 +11,7 @@ from typing import Any
 
 import torch
 from diffusers.configuration_utils import ConfigMixin, register_to_config
+from diffusers.loaders.peft import PeftAdapterMixin
 from diffusers.models.modeling_utils import ModelMixin
 from torch import nn
 
@@ -83,7 +84,7 @@ class FinalLayer(nn.Module):
         return self.linear(state.affine(self.site.name, self.norm_final(x)))  # (B, T, p*p*C)
 
 
-class DiT(NullClassMixin, CheckpointedBlocksMixin, ModelMixin, ConfigMixin):
+class DiT(NullClassMixin, CheckpointedBlocksMixin, PeftAdapterMixin, ModelMixin, ConfigMixin):
     """Diffusion transformer whose conditioning is a list of methods.
 
     Args:

@@ -14,6 +14,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from diffusers.configuration_utils import ConfigMixin, register_to_config
+from diffusers.loaders.peft import PeftAdapterMixin
 from diffusers.models.modeling_utils import ModelMixin
 from torch import nn
 
@@ -130,7 +131,7 @@ class Upsample(nn.Module):
         return self.conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))
 
 
-class UNet(NullClassMixin, CheckpointedBlocksMixin, ModelMixin, ConfigMixin):
+class UNet(NullClassMixin, CheckpointedBlocksMixin, PeftAdapterMixin, ModelMixin, ConfigMixin):
     """Convolutional denoiser whose conditioning is a list of methods.
 
     Args:

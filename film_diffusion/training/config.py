@@ -148,7 +148,12 @@ class TrainConfig:
     # a run or pipeline folder whose denoiser's weights the model starts from (what the config adds keeps its own
     # initialisation, checked to start from the base's outputs); None: from scratch
     init_from: Path | None = None
-    trainable: Literal["all", "new"] = "all"  # new: only the weights the config adds to init_from's (the base frozen)
+    # new: only the weights the config adds to init_from's (the base frozen); lora: those and LoRA adapters
+    trainable: Literal["all", "new", "lora"] = "all"
+    lora_rank: int = 16  # trainable: lora
+    lora_alpha: float | None = None  # the adapter's scale is lora_alpha / lora_rank; None: lora_rank (scale 1)
+    # the modules that get adapters, by name or name suffix (PEFT's target_modules): the blocks' attention and MLP
+    lora_targets: list[str] = field(default_factory=lambda: ["attn.qkv", "attn.proj", "mlp.fc1", "mlp.fc2"])
 
 
 @dataclass
@@ -290,8 +295,11 @@ def check_config(config: ExperimentConfig, num_processes: int = 1) -> None:
     if config.vae.precompute and (config.vae.name_or_path is None or data.random_flip or not data.center_crop):
         raise ConfigError("Config key 'vae.precompute' needs vae.name_or_path and data without random augmentation "
                           "(data.random_flip: false, data.center_crop: true): stored latents are of fixed images.")
-    if train.trainable == "new" and train.init_from is None:
-        raise ConfigError("Config key 'train.trainable' is 'new', which needs train.init_from (the base whose weights "
-                          "stay frozen); set it, or use trainable: all.")
+    if train.trainable != "all" and train.init_from is None:
+        raise ConfigError(f"Config key 'train.trainable' is {train.trainable!r}, which needs train.init_from (the base "
+                          "whose weights stay frozen); set it, or use trainable: all.")
+    if train.trainable == "lora" and (train.lora_rank < 1 or not train.lora_targets):
+        raise ConfigError(f"Config keys 'train.lora_rank' ({train.lora_rank}) and 'train.lora_targets' "
+                          f"({train.lora_targets}) need a rank of at least 1 and at least one module name.")
     if data.num_workers < 0:
         raise ConfigError(f"Config key 'data.num_workers' is {data.num_workers}; use 0 or more.")

@@ -24,6 +24,7 @@ from film_diffusion.pipelines import FilmDiffusionPipeline
 from film_diffusion.training.checkpoints import Stateful, save_checkpoint
 from film_diffusion.training.config import ExperimentConfig
 from film_diffusion.training.ema import ema_weights
+from film_diffusion.training.lora import has_lora, save_lora_pipeline
 from film_diffusion.training.run_folder import log_metrics
 
 
@@ -102,10 +103,15 @@ def evaluate(pipe: FilmDiffusionPipeline, config: ExperimentConfig) -> dict[str,
     return scores
 
 
-def save_pipeline(folder: Path, pipe: FilmDiffusionPipeline) -> None:
-    """Written beside the final name and renamed when complete, so a folder named ``pipeline`` is whole."""
+def save_pipeline(folder: Path, pipe: FilmDiffusionPipeline, base: Path | None = None) -> None:
+    """Written beside the final name and renamed when complete, so a folder named ``pipeline`` is whole. A model
+    with a LoRA adapter is saved as diffusers keeps one: its weights without the adapter, the adapter beside them,
+    and a record of ``base`` (the model it was trained from)."""
     with written(folder) as partial:
-        pipe.save_pretrained(partial)
+        if has_lora(pipe.denoiser):
+            save_lora_pipeline(partial, pipe, base)
+        else:
+            pipe.save_pretrained(partial)
         write_manifest(partial)  # `sample` checks it: a damaged copy is refused, not sampled
 
 

@@ -52,13 +52,14 @@ def init_from(model: DiT | UNet, source: str | Path) -> list[str]:
 
 
 def freeze_all_but(model: torch.nn.Module, trainable: list[str]) -> None:
-    """``train.trainable: new``: gradients only for the parameters named (those the config added)."""
+    """``train.trainable: new | lora``: gradients only for the parameters named (those the config added, and the
+    adapters); a layer an adapter wraps keeps its name's gradient (``x.base_layer.weight`` counts as ``x.weight``)."""
     if not trainable:
         raise ConfigError("Config key 'train.trainable' is 'new', but the config adds no weight to the base in "
                           "train.init_from; add a conditioning method, or use trainable: all.")
     names = set(trainable)
     for name, parameter in model.named_parameters():
-        parameter.requires_grad_(name in names)
+        parameter.requires_grad_(name in names or name.replace(".base_layer", "") in names)
 
 
 def load_base_denoiser(source: str | Path, kind: type[DiT | UNet]) -> DiT | UNet:

@@ -28,6 +28,7 @@ from film_diffusion.training.ema import RunEMA, ema_weights
 from film_diffusion.training.hooks import PeriodicHooks, make_pipeline, save_pipeline
 from film_diffusion.training.init_from import freeze_all_but, init_from
 from film_diffusion.training.inputs import ConditionMaker, clean_latents
+from film_diffusion.training.lora import add_lora
 from film_diffusion.training.objectives import diffusion_loss, noise_scheduler, noisy_batch
 from film_diffusion.training.progress import RunProgress, nonfinite
 from film_diffusion.training.randomness import ShardedRandom
@@ -51,7 +52,9 @@ def train(config: ExperimentConfig, resume: str | None = None) -> Path:
                            getattr(encoder, "pooled_dim", None), getattr(encoder, "max_length", None))
     if tc.init_from is not None:
         added = init_from(model, tc.init_from)
-        if tc.trainable == "new":
+        if tc.trainable == "lora":
+            added += add_lora(model, tc)
+        if tc.trainable != "all":
             freeze_all_but(model, added)
     dataset = build_dataset(config.data, config.condition)
     scheduler = noise_scheduler(config.objective, config.model.learn_sigma, pixel_space=vae is None)
@@ -140,7 +143,7 @@ def train(config: ExperimentConfig, resume: str | None = None) -> Path:
 
     if accelerator.is_main_process:
         with ema_weights(ema, denoiser):
-            save_pipeline(run / "pipeline", pipe)
+            save_pipeline(run / "pipeline", pipe, base=tc.init_from)
     accelerator.wait_for_everyone()
     accelerator.end_training()
     return run
