@@ -136,10 +136,12 @@ def test_an_unreadable_image_is_skipped_named_and_counted(name, tmp_path, caplog
     (tmp_path / "metadata.jsonl").write_text("".join(json.dumps({"file_name": f, "text": "x"}) + "\n"
                                                      for f in (name, "good.png")))
     with caplog.at_level(logging.WARNING):
-        dataset = ImageFolderDataset(tmp_path, 16)
-    assert len(dataset) == 1 and dataset.skipped == [tmp_path / name]
+        dataset = ImageFolderDataset(tmp_path, 16)  # reads its first image, the broken one
+        items = [dataset[i]["image"] for i in range(2)]
+    assert len(dataset) == 2 and dataset.skipped == [tmp_path / name]
+    assert torch.equal(items[0], items[1])  # the broken image's place: the next readable one
     assert f"Skipping unreadable image {tmp_path / name}" in caplog.text
-    assert "Skipped 1 of 2 images" in caplog.text
+    assert "1 of 2 images skipped so far" in caplog.text and caplog.text.count("Skipping") == 1
 
 
 @pytest.mark.parametrize("lines, message", [
