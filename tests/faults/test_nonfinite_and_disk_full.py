@@ -127,6 +127,7 @@ def test_what_counts_as_non_finite():
     assert progress.nonfinite(0.5, inf, scaled=True) is None
 
 
+@pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="fp16 training needs a GPU")
 def test_fp16_on_a_gpu_trains_through_the_gradient_scaler(tmp_path, monkeypatch):
     scalers = []
