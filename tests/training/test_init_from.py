@@ -64,12 +64,6 @@ def test_trainable_new_changes_only_what_the_config_added(base, tmp_path):
     assert added and any(after[name].abs().max() > 0 for name in added if "to_out" in name)
 
 
-def test_trainable_all_moves_the_base_weights_too(base, tmp_path):
-    run = train(grown_config(base, tmp_path, "train.max_steps=2", "train.lr=0.01"))
-    before, after = load_file(base[0] / WEIGHTS), load_file(run / WEIGHTS)
-    assert any(not torch.equal(after[name], tensor) for name, tensor in before.items())
-
-
 @pytest.mark.parametrize("overrides, message", [
     (["model.conditioning=[{name: cross_attention, zero_init: false}]"], "has weights this config's model lacks"),
     (["model.conditioning=[BASE, {name: cross_attention, zero_init: false}]"], "does not start from the base's"),
