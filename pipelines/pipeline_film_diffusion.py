@@ -73,7 +73,7 @@ class FilmDiffusionPipeline(DiffusionPipeline):
         denoiser: a film-diffusion ``DiT`` or ``UNet``.
         scheduler: any diffusers scheduler; its saved config carries the prediction type (epsilon, v
             or flow velocity) and the noise schedule the model was trained with.
-        text_encoder: the model's text encoder (``OpenCLIP`` / ``TransformersCLIP`` / ``TransformersT5``), or None for a
+        text_encoder: the model's text encoder (one of ``TEXT_ENCODERS``), or None for a
             class-label model. It is saved inside the folder, weights and tokenizer included.
         vae: an ``AutoencoderKL`` for a latent model, or None in pixel space.
         null_condition: the text model's unconditional input, as in training: ``empty_caption``, ``zeros``
@@ -116,11 +116,9 @@ class FilmDiffusionPipeline(DiffusionPipeline):
         """Add a LoRA adapter to the denoiser: a folder holding ``pytorch_lora_weights.safetensors`` (a LoRA run's
         pipeline folder, or one ``save_lora_adapter`` wrote), that file, or its state dict. The base weights are not
         changed; ``fuse_lora`` merges it, ``unload_lora_weights`` removes it."""
-        source: str | dict = path_or_state_dict if isinstance(path_or_state_dict, dict) else ""
-        options: dict[str, Any] = {}
-        if not isinstance(path_or_state_dict, dict):
-            path = Path(path_or_state_dict)
-            file = path / LORA_WEIGHTS if path.is_dir() else path
+        source, options = path_or_state_dict, {}
+        if not isinstance(source, dict):
+            file = Path(source) / LORA_WEIGHTS if Path(source).is_dir() else Path(source)
             if not file.is_file():
                 raise UserError(f"No LoRA adapter at '{file}'; pass a folder holding {LORA_WEIGHTS}, or the file.")
             source, options = str(file.parent), {"weight_name": file.name}
@@ -371,8 +369,8 @@ def _check_components(denoiser: DiT | UNet, text_encoder: TextEncoder | None) ->
         raise UserError(f"The denoiser must be a film-diffusion DiT or UNet, not a {type(denoiser).__name__}; "
                         "convert diffusers DiT weights with film_diffusion.convert.load_diffusers_dit.")
     if text_encoder is not None and not isinstance(text_encoder, TEXT_ENCODERS):
-        raise UserError(f"The text encoder must be a film-diffusion OpenCLIP, TransformersCLIP, TransformersT5 or "
-                        f"PairedEncoder, not a "
+        raise UserError(f"The text encoder must be a film-diffusion {', '.join(c.__name__ for c in TEXT_ENCODERS)}, "
+                        f"not a "
                         f"{type(text_encoder).__name__}.")
     cfg = denoiser.config
     reads_text = cfg.cond_token_dim is not None or cfg.cond_pooled_dim is not None

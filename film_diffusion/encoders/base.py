@@ -144,6 +144,25 @@ class TextEncoder(ModelMixin, ABC):
         return f"{type(self).__name__}({self._options()}) weights={self._weights_digest}"
 
 
+class TransformersEncoder(TextEncoder):
+    """An encoder that is one transformers model (``self.model``) and its tokenizer (``self.tokenizer``): the folder
+    is what transformers' ``save_pretrained`` writes for both, and the tokenizer counts a caption's tokens."""
+
+    model: Any
+    tokenizer: Any
+
+    def _save_model(self, folder: Path) -> None:
+        self.model.save_pretrained(folder)  # config.json + model.safetensors
+        self.tokenizer.save_pretrained(folder)
+
+    @classmethod
+    def _load_saved(cls, folder: Path, **options: Any) -> TransformersEncoder:
+        return cls(folder, **options)
+
+    def _token_counts(self, captions: list[str]) -> list[int]:
+        return [len(ids) for ids in self.tokenizer(captions, verbose=False)["input_ids"]]
+
+
 def check_layer(layer: str) -> None:
     if layer not in LAYERS:
         raise UserError(f"layer={layer!r} is not supported; choose one of {', '.join(map(repr, LAYERS))}.")

@@ -10,11 +10,11 @@ from diffusers.models.modeling_utils import ModelMixin  # noqa: F401  diffusers 
 from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
 from film_diffusion.conditioning.condition import Condition
-from film_diffusion.encoders.base import Layer, TextEncoder, check_layer
+from film_diffusion.encoders.base import Layer, TransformersEncoder, check_layer
 from film_diffusion.errors import UserError
 
 
-class TransformersCLIP(TextEncoder):
+class TransformersCLIP(TransformersEncoder):
     """Tokens from the last layer (after the final layer norm, as ``last_hidden_state``) or from the
     penultimate layer (``hidden_states[-2]``, without the final layer norm, as SDXL uses it).
 
@@ -61,17 +61,6 @@ class TransformersCLIP(TextEncoder):
 
     def _saved_options(self) -> dict[str, Any]:
         return {"layer": self.layer, "use_projection": self.use_projection, "max_length": self.max_length}
-
-    def _save_model(self, folder: Path) -> None:
-        self.model.save_pretrained(folder)  # config.json + model.safetensors
-        self.tokenizer.save_pretrained(folder)
-
-    @classmethod
-    def _load_saved(cls, folder: Path, **options: Any) -> TransformersCLIP:
-        return cls(folder, **options)
-
-    def _token_counts(self, captions: list[str]) -> list[int]:
-        return [len(ids) for ids in self.tokenizer(captions, verbose=False)["input_ids"]]
 
     def _encode(self, captions: list[str]) -> Condition:
         batch = self.tokenizer(

@@ -16,14 +16,14 @@ from diffusers.models.modeling_utils import ModelMixin  # noqa: F401  diffusers 
 from transformers import AutoTokenizer, T5EncoderModel
 
 from film_diffusion.conditioning.condition import Condition
-from film_diffusion.encoders.base import Layer, TextEncoder, check_layer
+from film_diffusion.encoders.base import Layer, TransformersEncoder, check_layer
 from film_diffusion.errors import UserError, first_line
 
 DEFAULT_T5_LENGTH = 120
 """PixArt-alpha's caption length in T5 tokens (SD3 uses 256; T5's relative positions take any length)."""
 
 
-class TransformersT5(TextEncoder):
+class TransformersT5(TransformersEncoder):
     """Tokens from the last layer (``last_hidden_state``, after the final layer norm) or the penultimate one;
     the tokenizer pads to ``max_length`` and T5 sees the attention mask (as PixArt-alpha runs it), so a
     caption's states do not depend on the padding."""
@@ -50,17 +50,6 @@ class TransformersT5(TextEncoder):
 
     def _saved_options(self) -> dict[str, Any]:
         return {"layer": self.layer, "max_length": self.max_length}
-
-    def _save_model(self, folder: Path) -> None:
-        self.model.save_pretrained(folder)  # config.json + model.safetensors
-        self.tokenizer.save_pretrained(folder)
-
-    @classmethod
-    def _load_saved(cls, folder: Path, **options: Any) -> TransformersT5:
-        return cls(folder, **options)
-
-    def _token_counts(self, captions: list[str]) -> list[int]:
-        return [len(ids) for ids in self.tokenizer(captions, verbose=False)["input_ids"]]
 
     def _encode(self, captions: list[str]) -> Condition:
         batch = self.tokenizer(captions, padding="max_length", max_length=self.max_length, truncation=True,

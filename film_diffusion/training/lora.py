@@ -47,10 +47,11 @@ def save_lora_pipeline(folder: Path, pipe: FilmDiffusionPipeline, base: Path | N
     plain = type(denoiser).from_config(denoiser.config)
     plain.load_state_dict({name.replace(".base_layer", ""): tensor for name, tensor in denoiser.state_dict().items()
                            if ".lora_" not in name})
-    components = {**pipe.components, "denoiser": plain}
-    FilmDiffusionPipeline(**components, null_condition=pipe.config.null_condition,
-                          num_inference_steps=pipe.config.num_inference_steps,
-                          guidance_scale=pipe.config.guidance_scale).save_pretrained(folder)
+    pipe.register_modules(denoiser=plain)  # the same pipeline and config, only the denoiser without adapters
+    try:
+        pipe.save_pretrained(folder)
+    finally:
+        pipe.register_modules(denoiser=denoiser)
     denoiser.save_lora_adapter(folder, weight_name=LORA_WEIGHTS)
     config = denoiser.peft_config["default"]
     record = {"base": str(base) if base is not None else None, "rank": config.r, "alpha": config.lora_alpha,
