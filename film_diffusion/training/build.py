@@ -5,6 +5,8 @@ Each builder reads one config section; the denoiser takes the encoder's widths (
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from diffusers import AutoencoderKL
 from torch.utils.data import Dataset
 from torchvision.datasets import ImageFolder
@@ -14,6 +16,7 @@ from film_diffusion.backbones.unet import UNet
 from film_diffusion.config import ConfigError
 from film_diffusion.data.folder import ImageFolderDataset
 from film_diffusion.data.shapes import NUM_SCENE_CLASSES, ShapesDataset, scene_class
+from film_diffusion.data.sharded import hf_dataset, webdataset_dataset
 from film_diffusion.encoders import (
     OpenCLIP,
     PairedEncoder,
@@ -114,11 +117,18 @@ def build_dataset(data: DataConfig, condition: ConditionConfig) -> Dataset:
         except UserError as err:  # the dataset's own check, said against the config
             raise ConfigError(f"Config section 'data': {err}") from None
         return LabelledScenes(scenes) if labels else scenes
-    if not data.root.is_dir():
+    transform = dict(resolution=data.resolution, center_crop=data.center_crop, random_flip=data.random_flip)
+    if data.name == "hf":
+        return hf_dataset(data.root, data.image_column, data.caption_column, data.label_column, labels,
+                          data.shuffle_window, **transform)
+    if data.name == "webdataset":
+        return webdataset_dataset(data.root, data.caption_column, data.label_column, labels, data.shuffle_window,
+                                  **transform)
+    if not Path(data.root).is_dir():
         raise ConfigError(f"Config key 'data.root' is '{data.root}', which is not a folder; point it at the images.")
     if labels:
         return ClassFolder(data, condition.num_classes)
-    return ImageFolderDataset(data.root, data.resolution, center_crop=data.center_crop, random_flip=data.random_flip)
+    return ImageFolderDataset(data.root, **transform)
 
 
 class LabelledScenes(Dataset):
@@ -141,7 +151,7 @@ class ClassFolder(Dataset):
 
     def __init__(self, data: DataConfig, num_classes: int):
         try:
-            self.images = ImageFolder(str(data.root))
+            self.images = ImageFolder(data.root)
         except FileNotFoundError as err:  # no class folder, or no image in them
             raise ConfigError(f"Config key 'data.root' is '{data.root}': {err}; class labels need one sub-folder "
                               "of images per class.") from None

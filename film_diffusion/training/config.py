@@ -84,11 +84,19 @@ class PooledFromConfig:
 
 @dataclass
 class DataConfig:
-    name: Literal["shapes", "folder"] = "shapes"
+    name: Literal["shapes", "folder", "hf", "webdataset"] = "shapes"
     resolution: int = 32
-    root: Path | None = None  # folder: images with metadata.jsonl
-    center_crop: bool = True  # folder
-    random_flip: bool = False  # folder
+    # folder: images with metadata.jsonl; hf: a folder of parquet or arrow files, or a hub dataset id;
+    # webdataset: a folder of .tar shards or a brace pattern (shards/train-{000000..000099}.tar)
+    root: str | None = None  # a string: a pattern or URL keeps its braces and slashes
+    center_crop: bool = True  # folder, hf, webdataset
+    random_flip: bool = False  # folder, hf, webdataset
+    image_column: str = "image"  # hf: the images (an Image feature, bytes or paths)
+    caption_column: str = "text"  # hf: the captions; webdataset: the .json field read when a sample has no .txt
+    label_column: str = "label"  # hf, webdataset (.json field, when no .cls): class labels (condition.source
+    #                              class_labels)
+    shuffle_window: int = 1000  # hf, webdataset: samples shuffled together; their chunks (row groups, tar runs)
+    #                             come in a fresh random order each epoch
     seed: int = 0  # shapes: which scenes
     min_objects: int = 1  # shapes
     max_objects: int = 1  # shapes
@@ -283,12 +291,15 @@ def check_config(config: ExperimentConfig, num_processes: int = 1) -> None:
     if condition.embeddings is not None and not (condition.cache and condition.embeddings.is_file()):
         raise ConfigError(f"Config key 'condition.embeddings' is '{condition.embeddings}'; it needs condition.cache: "
                           "true and a file written by film_diffusion.encoders.save_embeddings.")
-    if data.name == "folder" and data.root is None:
-        raise ConfigError("Config key 'data.root' is required with data.name=folder (the image folder with "
-                          "metadata.jsonl).")
+    if data.name != "shapes" and data.root is None:
+        what = {"folder": "the image folder with metadata.jsonl", "hf": "a folder of parquet or arrow files, or a "
+                "hub dataset id", "webdataset": "a folder of .tar shards or a brace pattern"}[data.name]
+        raise ConfigError(f"Config key 'data.root' is required with data.name={data.name} ({what}).")
+    if data.shuffle_window < 1:
+        raise ConfigError(f"Config key 'data.shuffle_window' is {data.shuffle_window}; it must be at least 1.")
     if train.eval_every and data.name != "shapes":
         raise ConfigError("Config key 'train.eval_every' needs data.name=shapes (the oracle reads the built-in "
-                          "scenes); set it to 0 for a folder.")
+                          "scenes); set it to 0 for other data.")
     if config.eval.scenes < 2 or config.eval.batch_size < 1:
         raise ConfigError(f"Config keys 'eval.scenes' ({config.eval.scenes}) and 'eval.batch_size' "
                           f"({config.eval.batch_size}) must be at least 2 and 1.")

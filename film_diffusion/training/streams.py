@@ -27,27 +27,65 @@ def batch_stream(dataset: Dataset, config: ExperimentConfig, accelerator: Accele
     """This process's micro-batches from optimizer step ``step`` on, endlessly."""
     accum = config.train.gradient_accumulation_steps
     micro = config.train.batch_size // (accelerator.num_processes * accum)
-    sampler = StreamSampler(len(dataset), micro, accelerator.process_index, accelerator.num_processes,
-                            seed=config.seed, start=step * accum)
+    chunks = getattr(dataset, "chunk_sizes", None)  # a dataset read in chunks (sharded files) is drawn chunk-wise
+    order = (WindowShuffle(chunks, config.data.shuffle_window, config.seed) if chunks is not None
+             else RandomOrder(len(dataset), config.seed))
+    sampler = StreamSampler(order, micro, accelerator.process_index, accelerator.num_processes, start=step * accum)
     return iter(DataLoader(SeededItems(dataset, config.seed), batch_size=micro, sampler=sampler, collate_fn=collate,
                            num_workers=config.data.num_workers))
 
 
-class StreamSampler(Sampler[tuple[int, int]]):
-    """An endless stream of dataset indices, reshuffled each epoch from the seed; process ``rank`` of
-    ``world`` takes its slice of each global micro-batch. ``start`` (micro-steps already taken) resumes
-    mid-epoch at the very next index, without reading the skipped ones."""
+class RandomOrder:
+    """Epoch ``e`` visits the dataset in a uniformly random order drawn from ``seed + e``."""
 
-    def __init__(self, length: int, micro_batch: int, rank: int, world: int, seed: int, start: int = 0):
-        self.length, self.micro_batch, self.rank, self.world = length, micro_batch, rank, world
-        self.seed, self.start = seed, start
+    def __init__(self, length: int, seed: int):
+        self.length, self.seed = length, seed
         self._order: tuple[int, torch.Tensor] | None = None
 
-    def _epoch_order(self, epoch: int) -> torch.Tensor:
+    def __call__(self, epoch: int, offset: int) -> int:
+        """The dataset index at place ``offset`` of epoch ``epoch``."""
         if self._order is None or self._order[0] != epoch:
             order = torch.randperm(self.length, generator=torch.Generator().manual_seed(self.seed + epoch))
             self._order = (epoch, order)
-        return self._order[1]
+        return int(self._order[1][offset])
+
+
+class WindowShuffle:
+    """An epoch order that reads sharded files chunk by chunk: the chunks (parquet row groups, tar runs) in a
+    fresh random order each epoch, their samples laid end to end, and each window of ``window`` consecutive
+    places shuffled. A shuffle buffer of that size mixes as much, but its state depends on what came before;
+    this order is a pure function of (seed, epoch, place), so a resumed or N-process run draws the same items
+    without saving any buffer. Nothing of size dataset is held: one chunk order and one window at a time."""
+
+    def __init__(self, chunk_sizes: list[int], window: int, seed: int):
+        self.sizes, self.window, self.seed = torch.tensor(chunk_sizes), window, seed
+        self.starts = torch.cumsum(self.sizes, 0) - self.sizes  # each chunk's first index, in file order
+        self.length = int(self.sizes.sum())
+        self._epoch: tuple[int, torch.Tensor, torch.Tensor] | None = None  # epoch, chunk order, its place ends
+        self._window: tuple[tuple[int, int], torch.Tensor] | None = None
+
+    def __call__(self, epoch: int, offset: int) -> int:
+        if self._epoch is None or self._epoch[0] != epoch:
+            chunks = torch.randperm(len(self.sizes), generator=torch.Generator().manual_seed(self.seed + epoch))
+            self._epoch = (epoch, chunks, torch.cumsum(self.sizes[chunks], 0))
+        _, chunks, ends = self._epoch
+        block, within = divmod(offset, self.window)
+        if self._window is None or self._window[0] != (epoch, block):
+            size = min(self.window, self.length - block * self.window)
+            seed = (self.seed * 1_000_003 + epoch) * 1_000_003 + block
+            self._window = ((epoch, block), torch.randperm(size, generator=torch.Generator().manual_seed(seed)))
+        place = block * self.window + int(self._window[1][within])
+        k = int(torch.searchsorted(ends, place, right=True))  # the chunk at this place
+        return int(self.starts[chunks[k]] + place - (ends[k] - self.sizes[chunks[k]]))
+
+
+class StreamSampler(Sampler[tuple[int, int]]):
+    """An endless stream of dataset indices, epoch after epoch in ``order``; process ``rank`` of ``world``
+    takes its slice of each global micro-batch. ``start`` (micro-steps already taken) resumes mid-epoch at
+    the very next index, without reading the skipped ones."""
+
+    def __init__(self, order: RandomOrder | WindowShuffle, micro_batch: int, rank: int, world: int, start: int = 0):
+        self.order, self.micro_batch, self.rank, self.world, self.start = order, micro_batch, rank, world, start
 
     def __iter__(self) -> Iterator[tuple[int, int]]:
         """(dataset index, position in the stream): the position seeds the item's random augmentation."""
@@ -55,8 +93,7 @@ class StreamSampler(Sampler[tuple[int, int]]):
         while True:
             first = (k * self.world + self.rank) * self.micro_batch
             for position in range(first, first + self.micro_batch):
-                epoch, offset = divmod(position, self.length)
-                yield int(self._epoch_order(epoch)[offset]), position
+                yield self.order(*divmod(position, self.order.length)), position
             k += 1
 
 

@@ -33,6 +33,28 @@ def test_two_processes_match_one_with_the_same_global_batch(tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("kind", ["hf", "webdataset"])
+def test_two_processes_read_sharded_data_as_one_does(tmp_path, kind):
+    """Parquet or tar shards with a broken sample, random crops and flips, 2 loader workers per process: the
+    same samples, augmentations and losses as one process."""
+    from shards import samples, write_parquet, write_tars
+
+    rows = samples(30, broken=(11,))
+    root = write_parquet(tmp_path / "data", rows) if kind == "hf" else write_tars(tmp_path / "data", rows)
+    data = [f"data.name={kind}", f"data.root={root}", "data.random_flip=true", "data.center_crop=false",
+            "data.num_workers=2", "data.shuffle_window=12", "train.max_steps=6"]
+    config = tmp_path / "config.yaml"
+    config.write_text(yaml.safe_dump({}))
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m",
+               "film_diffusion.cli", "train", str(config), *TINY, *STEPS, *data, f"output_dir={tmp_path / 'two'}"]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "Skipping sample 11" in result.stderr
+    two = losses(tmp_path / "two")
+    assert len(two) == 6 and two == pytest.approx(losses(tiny_run(tmp_path / "one", *STEPS, *data)), rel=1e-4)
+
+
+@pytest.mark.slow
 def test_two_nodes_of_one_process_each_match_one_process(tmp_path):
     """``torchrun --nnodes 2 --nproc_per_node 1`` on this machine: two nodes sharing the run folder (as on a shared
     file system), each with its own local main process; it checkpoints and its losses match a 1-process run."""

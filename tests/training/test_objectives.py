@@ -7,7 +7,7 @@ from diffusers import DDPMScheduler
 from film_diffusion.training.config import ObjectiveConfig
 from film_diffusion.training.objectives import diffusion_loss, noise_scheduler, noisy_batch, vb_term
 from film_diffusion.training.randomness import ShardedRandom
-from film_diffusion.training.streams import StreamSampler
+from film_diffusion.training.streams import RandomOrder, StreamSampler, WindowShuffle
 
 
 def x0(batch: int = 6) -> torch.Tensor:
@@ -59,22 +59,39 @@ def test_vb_term_is_zero_for_the_true_posterior_and_positive_otherwise():
     assert wrong_variance.grad[:, 3:].abs().sum() > 0  # the variance learns from the vb term only
 
 
+ORDERS = {"random": lambda: RandomOrder(10, seed=5), "window": lambda: WindowShuffle([3, 4, 1, 2], window=4, seed=5)}
+
+
+@pytest.mark.parametrize("order", ORDERS)
 @pytest.mark.parametrize("world", [2, 4])
-def test_processes_split_each_global_micro_batch_and_resume_mid_epoch(world):
-    length, micro = 10, 3
-    whole = StreamSampler(length, micro * world, 0, 1, seed=5)
-    shards = [iter(StreamSampler(length, micro, rank, world, seed=5)) for rank in range(world)]
+def test_processes_split_each_global_micro_batch_and_resume_mid_epoch(world, order):
+    length, micro, make = 10, 3, ORDERS[order]
+    whole = StreamSampler(make(), micro * world, 0, 1)
+    shards = [iter(StreamSampler(make(), micro, rank, world)) for rank in range(world)]
     stream = iter(whole)
     for _ in range(7):  # crosses several epochs
         expected = [next(stream) for _ in range(micro * world)]
         assert [next(s) for s in shards for _ in range(micro)] == expected  # indices and stream positions
-    resumed, fresh = iter(StreamSampler(length, micro, 1, world, seed=5, start=4)), iter(
-        StreamSampler(length, micro, 1, world, seed=5))
+    resumed, fresh = iter(StreamSampler(make(), micro, 1, world, start=4)), iter(StreamSampler(make(), micro, 1, world))
     for _ in range(4 * micro):
         next(fresh)
     assert [next(resumed) for _ in range(9)] == [next(fresh) for _ in range(9)]
-    epoch = [next(iter(StreamSampler(length, 1, 0, 1, seed=5, start=k)))[0] for k in range(length)]
-    assert sorted(epoch) == list(range(length))  # an epoch is a permutation
+    for epoch in range(3):
+        places = [make()(epoch, offset) for offset in range(length)]  # a fresh order each time: no state carried
+        assert sorted(places) == list(range(length))  # an epoch is a permutation
+
+
+def test_a_window_shuffle_reads_each_window_from_few_chunks_and_reorders_them_each_epoch():
+    sizes = [100] * 50  # 50 row groups of 100
+    order = WindowShuffle(sizes, window=200, seed=0)
+    epochs = [[order(epoch, offset) for offset in range(5000)] for epoch in range(2)]
+    for places in epochs:
+        assert sorted(places) == list(range(5000))
+        for start in range(0, 5000, 200):
+            assert len({index // 100 for index in places[start:start + 200]}) <= 3  # a window spans <= 3 chunks
+    assert epochs[0][:200] != epochs[1][:200]
+    firsts = [epochs[0][start] // 100 for start in range(0, 5000, 200)]
+    assert firsts != sorted(firsts)  # chunks come in a shuffled order
 
 
 def test_sharded_random_gives_each_process_its_slice_of_one_draw():

@@ -86,14 +86,32 @@ def test_killed_and_resumed_run_equals_an_uninterrupted_one(tmp_path, monkeypatc
     assert not list((resumed / "checkpoints" / "checkpoint-6").glob("custom_checkpoint_*"))  # no pickled state
 
 
-def test_random_flips_and_crops_of_a_folder_resume_exactly(tmp_path, monkeypatch, tiny_image_folder):
-    folder = ["data.name=folder", f"data.root={tiny_image_folder}", "data.random_flip=true", "data.center_crop=false"]
-    whole = tiny_run(tmp_path / "whole", *RUN, *folder)
+@pytest.fixture(scope="module")
+def image_data(tmp_path_factory):
+    """The same twelve 20x20 captioned images as a folder, Hugging Face parquet and WebDataset tars (these two
+    with a thirteenth sample, broken, in the middle)."""
+    from shards import samples, write_folder, write_parquet, write_tars
+
+    root = tmp_path_factory.mktemp("image_data")
+    rows = samples(13, broken=(6,))
+    return {"folder": ["data.name=folder", f"data.root={write_folder(root / 'folder', samples(12))}"],
+            "hf": ["data.name=hf", f"data.root={write_parquet(root / 'hf', rows, row_group=4)}"],
+            "webdataset": ["data.name=webdataset", f"data.root={write_tars(root / 'wds', rows, per_shard=5)}",
+                           "data.shuffle_window=5"]}
+
+
+@pytest.mark.parametrize("kind", ["folder", "hf", "webdataset"])
+def test_random_flips_and_crops_resume_exactly_from_every_kind_of_data(tmp_path, monkeypatch, image_data, kind,
+                                                                       caplog):
+    data = [*image_data[kind], "data.random_flip=true", "data.center_crop=false"]
+    whole = tiny_run(tmp_path / "whole", *RUN, *data)
     kill_after_checkpoint(monkeypatch, 3)
     with pytest.raises(Killed):
-        tiny_run(tmp_path / "killed", *RUN, *folder)
+        tiny_run(tmp_path / "killed", *RUN, *data)
     monkeypatch.undo()
-    assert_equal(states(whole), states(tiny_run(tmp_path / "killed", *RUN, *folder, resume="latest")))
+    assert_equal(states(whole), states(tiny_run(tmp_path / "killed", *RUN, *data, resume="latest")))
+    if kind != "folder":  # the broken sample was drawn (6 steps of 8 from 13 samples) and skipped with a warning
+        assert "Skipping sample 6 (" in caplog.text and "1 of 13 samples skipped so far" in caplog.text
 
 
 def test_seeded_items_repeat_an_augmentation_by_stream_position(tiny_image_folder):
