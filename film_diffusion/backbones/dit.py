@@ -191,6 +191,7 @@ class DiT(NullClassMixin, CheckpointedBlocksMixin, PeftAdapterMixin, ModelMixin,
         condition: Condition | None = None,
         class_labels: torch.Tensor | None = None,
         return_dict: bool = True,
+        null_mask: torch.Tensor | None = None,
     ) -> DenoiserOutput | tuple[torch.Tensor]:
         cfg = self.config
         if sample.ndim != 4 or sample.shape[1] != cfg.in_channels or sample.shape[-1] != cfg.sample_size \
@@ -200,7 +201,7 @@ class DiT(NullClassMixin, CheckpointedBlocksMixin, PeftAdapterMixin, ModelMixin,
         t = timesteps_for_batch(timestep, sample.shape[0], sample.device)
         x = self.x_embedder(sample.to(self.x_embedder.proj.weight.dtype))  # (B, T, H)
         x = x + self.pos_embed.to(x.dtype)  # under autocast the residual stream stays in its dtype, as in diffusers
-        state = self.conditioner(self.t_embedder(t), condition, class_labels)
+        state = self.conditioner(self.t_embedder(t), condition, class_labels, null_mask)
         num_patches = x.shape[1]
         x, key_mask = state.extend_sequence(self.sequence_site.name, x)  # (B, T + extra, H)
         stream = state.stream                                              # a joint method's caption tokens, or None

@@ -264,12 +264,13 @@ class UNet(NullClassMixin, CheckpointedBlocksMixin, PeftAdapterMixin, ModelMixin
         condition: Condition | None = None,
         class_labels: torch.Tensor | None = None,
         return_dict: bool = True,
+        null_mask: torch.Tensor | None = None,
     ) -> DenoiserOutput | tuple[torch.Tensor]:
         cfg = self.config
         if sample.ndim != 4 or sample.shape[1] != cfg.in_channels:
             raise ValueError(f"sample must be (B, {cfg.in_channels}, H, W), got {tuple(sample.shape)}.")
         t = timesteps_for_batch(timestep, sample.shape[0], sample.device)
-        state = self.conditioner(self.t_embedder(t), condition, class_labels)
+        state = self.conditioner(self.t_embedder(t), condition, class_labels, null_mask)
         sample = sample.to(self.conv_in.weight.dtype)
         h = self.conv_in(state.extend_channels(self.input_site.name, sample))  # (B, C0, H, W)
         skips = [h]

@@ -153,7 +153,14 @@ class ConditioningStack(nn.Module):
         return {site.name for m in self.methods.values() for site in m.zeroed_gates()}
 
     def forward(self, t_emb: torch.Tensor, condition: Condition | None = None,
-                class_labels: torch.Tensor | None = None) -> SiteState:
+                class_labels: torch.Tensor | None = None, null_mask: torch.Tensor | None = None) -> SiteState:
+        """``null_mask [B]``: samples whose condition is replaced by the learned null here, inside the forward
+        (caption dropout), where a sharded model (FSDP) holds the null's weights whole."""
+        if null_mask is not None:
+            if self.learned_null is None or condition is None:
+                raise ValueError("null_mask needs a text condition and a model built with learned_null_tokens; "
+                                 "apply another null to the condition itself.")
+            condition = condition.where(null_mask, self.learned_null(len(null_mask)))
         signals = self.signals(t_emb, condition, class_labels)
         state = SiteState()
         for method in self.methods.values():

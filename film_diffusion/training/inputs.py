@@ -13,7 +13,8 @@ from film_diffusion.training.randomness import ShardedRandom
 
 class ConditionMaker:
     """A batch's captions or labels -> the denoiser's condition keywords, with caption dropout replacing
-    the dropped samples' condition by the null one the pipeline samples with."""
+    the dropped samples' condition by the null one the pipeline samples with (a learned null by the model
+    itself, from ``null_mask``)."""
 
     def __init__(self, encoder: TextEncoder | None, config: ExperimentConfig, denoiser: torch.nn.Module,
                  device: torch.device):
@@ -27,8 +28,9 @@ class ConditionMaker:
             labels = batch["label"].to(self.device)
             return {"class_labels": torch.where(drop, self.denoiser.null_class_label, labels)}
         cond = self.encoder.encode(batch["caption"]).to(self.device)
-        learned = self.denoiser.conditioner.learned_null
-        null = null_condition(self.encoder, self.null_kind, len(drop), learned=learned)
+        if self.null_kind == "learned":  # applied inside the forward, where the null's weights are whole (FSDP)
+            return {"condition": cond, "null_mask": drop}
+        null = null_condition(self.encoder, self.null_kind, len(drop))
         return {"condition": cond.where(drop, null.to(self.device))}
 
 

@@ -71,3 +71,19 @@ def test_class_label_cross_attention_reads_the_label_and_timestep_as_two_tokens(
     assert tokens.shape == (2, 2, embed_dim) and mask is None
     torch.testing.assert_close(tokens[:, 0], labels)
     torch.testing.assert_close(tokens[:, 1], method.time_token(t_emb))
+
+
+@pytest.mark.parametrize("backbone", ["dit", "unet"])
+def test_a_null_mask_applies_the_learned_null_inside_the_forward(backbone):
+    """What caption dropout with a learned null gives (the trainer passes the mask so that a sharded model reads
+    the null's weights inside its forward) equals the null put into the condition by hand."""
+    model = randomize_(tiny_model(backbone, ["film", "cross_attention"], learned_null_tokens=6))
+    sample, t = noisy_batch()
+    condition, drop = text_condition(), torch.tensor([True, False])
+    by_hand = condition.where(drop, model.conditioner.learned_null(2))
+    assert torch.equal(model(sample, t, condition=condition, null_mask=drop).sample,
+                       model(sample, t, condition=by_hand).sample)
+    model(sample, t, condition=condition, null_mask=drop).sample.square().mean().backward()
+    assert model.conditioner.learned_null.tokens.grad.abs().sum() > 0
+    with pytest.raises(ValueError, match="null_mask needs a text condition and a model built with learned_null"):
+        tiny_model(backbone, ["film"])(sample, t, condition=condition, null_mask=drop)
