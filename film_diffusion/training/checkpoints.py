@@ -27,6 +27,7 @@ from safetensors.torch import load_file, save_file
 from film_diffusion.atomic import discard, partial_path, publish, remove_folder
 from film_diffusion.errors import DISK_FULL, UserError, first_line
 from film_diffusion.integrity import verify, write_manifest
+from film_diffusion.training.sharding import ShardedState
 
 CHECKPOINTS = "checkpoints"
 COMPLETE = re.compile(r"checkpoint-(\d+)")
@@ -48,10 +49,11 @@ def checkpoint_dirs(run: Path) -> list[Path]:
 
 
 def save_checkpoint(accelerator: Accelerator, run: Path, step: int, keep: int | None,
-                    state: Mapping[str, Stateful]) -> Path:
+                    state: Mapping[str, Stateful], sharded: ShardedState | None = None) -> Path:
     """Save under ``checkpoint-STEP.partial``, rename to ``checkpoint-STEP`` once every process has
     written and the manifest is complete, then drop the oldest complete ones beyond ``keep``. ``state``
-    names the run's own objects. A full disk removes the partial folder and says so; older checkpoints stay."""
+    names the run's own objects; ``sharded``, a sharded run's model, optimizer and EMA weights, written in
+    place of Accelerate's state. A full disk removes the partial folder and says so; older checkpoints stay."""
     final = run / CHECKPOINTS / f"checkpoint-{step}"
     partial = partial_path(final)
     try:
@@ -61,7 +63,10 @@ def save_checkpoint(accelerator: Accelerator, run: Path, step: int, keep: int | 
         if accelerator.is_local_main_process:  # each node's: the folder may be shared by the nodes or not
             partial.mkdir(parents=True, exist_ok=True)  # before any process writes its RNG state into it
         accelerator.wait_for_everyone()
-        accelerator.save_state(str(partial), safe_serialization=True)
+        if sharded is None:
+            accelerator.save_state(str(partial), safe_serialization=True)
+        else:
+            sharded.save(partial)
         if accelerator.is_main_process:
             save_run_state(partial, state)
         accelerator.wait_for_everyone()

@@ -158,6 +158,9 @@ class TrainConfig:
     init_from: Path | None = None
     # new: only the weights the config adds to init_from's (the base frozen); lora: those and LoRA adapters
     trainable: Literal["all", "new", "lora"] = "all"
+    # none: each process holds the whole model (DDP); fsdp: FSDP2 shards the model, its optimizer state and EMA over
+    # the processes (each block a unit), for models that do not fit one device with their optimizer
+    sharding: Literal["none", "fsdp"] = "none"
     lora_rank: int = 16  # trainable: lora
     lora_alpha: float | None = None  # the adapter's scale is lora_alpha / lora_rank; None: lora_rank (scale 1)
     # the modules that get adapters, by name or name suffix (PEFT's target_modules): the blocks' attention and MLP
@@ -206,8 +209,9 @@ def load_experiment(source: str | Path | dict | None, overrides: list[str] | tup
     return config
 
 
-def check_config(config: ExperimentConfig, num_processes: int = 1) -> None:
-    """What the types cannot say, one sentence per mistake, naming the key."""
+def check_config(config: ExperimentConfig, num_processes: int | None = None) -> None:
+    """What the types cannot say, one sentence per mistake, naming the key; what depends on the process count
+    once it is known (the trainer's ``num_processes``)."""
     model, train, objective, condition = config.model, config.train, config.objective, config.condition
     data = config.data
     positive = {"train.max_steps": train.max_steps, "train.batch_size": train.batch_size,
@@ -246,10 +250,11 @@ def check_config(config: ExperimentConfig, num_processes: int = 1) -> None:
             0 <= k < condition.num_classes for k in sample.class_labels):
         raise ConfigError(f"Config key 'sample.class_labels' is {sample.class_labels}; use class ids from 0 to "
                           f"{condition.num_classes - 1}.")
-    shards = num_processes * train.gradient_accumulation_steps
+    shards = (num_processes or 1) * train.gradient_accumulation_steps
     if train.batch_size % shards:
         raise ConfigError(f"Config key 'train.batch_size' is {train.batch_size}, which does not split into "
-                          f"{num_processes} process(es) x {train.gradient_accumulation_steps} accumulation step(s); "
+                          f"{num_processes or 1} process(es) x {train.gradient_accumulation_steps} accumulation "
+                          f"step(s); "
                           f"choose a multiple of {shards}.")
     if train.null_condition not in NULL_CONDITIONS:
         raise ConfigError(f"Config key 'train.null_condition' is {train.null_condition!r}; choose one of "
@@ -312,5 +317,15 @@ def check_config(config: ExperimentConfig, num_processes: int = 1) -> None:
     if train.trainable == "lora" and (train.lora_rank < 1 or not train.lora_targets):
         raise ConfigError(f"Config keys 'train.lora_rank' ({train.lora_rank}) and 'train.lora_targets' "
                           f"({train.lora_targets}) need a rank of at least 1 and at least one module name.")
+    if train.sharding == "fsdp":
+        if num_processes is not None and num_processes < 2:
+            raise ConfigError("Config key 'train.sharding' is 'fsdp', which shards the model over processes, but this "
+                              "run has one; launch 2 or more (torchrun --nproc_per_node N or accelerate launch), or "
+                              "set it to none.")
+        unsupported = {"train.compile": train.compile, "train.gradient_checkpointing": train.gradient_checkpointing,
+                       "train.trainable": train.trainable != "all"}
+        if key := next((k for k, on in unsupported.items() if on), None):
+            raise ConfigError(f"Config key '{key}' is not supported with train.sharding=fsdp yet; turn it off (or "
+                              "use all), or set train.sharding to none.")
     if data.num_workers < 0:
         raise ConfigError(f"Config key 'data.num_workers' is {data.num_workers}; use 0 or more.")

@@ -4,14 +4,14 @@ checkpoints, and the final pipeline folder."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import contextlib
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import numpy as np
 import torch
 from accelerate import Accelerator
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
-from diffusers.training_utils import EMAModel
 from tqdm.auto import tqdm
 
 from film_diffusion.atomic import written
@@ -23,33 +23,38 @@ from film_diffusion.integrity import write_manifest
 from film_diffusion.pipelines import FilmDiffusionPipeline
 from film_diffusion.training.checkpoints import Stateful, save_checkpoint
 from film_diffusion.training.config import ExperimentConfig
-from film_diffusion.training.ema import ema_weights
 from film_diffusion.training.lora import has_lora, save_lora_pipeline
 from film_diffusion.training.run_folder import log_metrics
+from film_diffusion.training.sharding import ShardedState
 
 
 class PeriodicHooks:
     """After each optimizer step: a grid, an evaluation and a checkpoint when their intervals say so (grids and
-    evaluation on the main process, with the EMA weights)."""
+    evaluation on the main process, with the EMA weights that ``ema_weights`` puts where the pipeline samples;
+    every process enters it, as a sharded model's weights are gathered)."""
 
     def __init__(self, run: Path, config: ExperimentConfig, accelerator: Accelerator, pipe: FilmDiffusionPipeline,
-                 ema: EMAModel, run_state: Mapping[str, Stateful]):
+                 ema_weights: Callable[[], contextlib.AbstractContextManager], run_state: Mapping[str, Stateful],
+                 sharded: ShardedState | None):
         self.run, self.config, self.accelerator, self.pipe = run, config, accelerator, pipe
-        self.ema, self.run_state = ema, run_state
+        self.ema_weights, self.run_state, self.sharded = ema_weights, run_state, sharded
 
     def __call__(self, step: int, seconds: float, bar: tqdm) -> None:
         tc, main = self.config.train, self.accelerator.is_main_process
         last = step == tc.max_steps
-        if tc.sample_every and step % tc.sample_every == 0 and main:
-            with ema_weights(self.ema, self.pipe.denoiser):
-                write_samples(self.run, step, self.pipe, self.config, self.accelerator)
-        if tc.eval_every and (step % tc.eval_every == 0 or last) and main:
-            with ema_weights(self.ema, self.pipe.denoiser):
-                scores = evaluate(self.pipe, self.config)
-            bar.write(f"step {step}: " + ", ".join(f"{k} {v:.4f}" for k, v in scores.items()))
-            log_metrics(self.run, self.accelerator, {"step": step, "train_seconds": seconds, **scores})
+        if tc.sample_every and step % tc.sample_every == 0:
+            with self.ema_weights():
+                if main:
+                    write_samples(self.run, step, self.pipe, self.config, self.accelerator)
+        if tc.eval_every and (step % tc.eval_every == 0 or last):
+            with self.ema_weights():
+                scores = evaluate(self.pipe, self.config) if main else None
+            if main:
+                bar.write(f"step {step}: " + ", ".join(f"{k} {v:.4f}" for k, v in scores.items()))
+                log_metrics(self.run, self.accelerator, {"step": step, "train_seconds": seconds, **scores})
         if (tc.checkpoint_every and step % tc.checkpoint_every == 0) or last:
-            save_checkpoint(self.accelerator, self.run, step, tc.checkpoints_total_limit, self.run_state)
+            save_checkpoint(self.accelerator, self.run, step, tc.checkpoints_total_limit, self.run_state,
+                            self.sharded)
 
 
 def make_pipeline(denoiser, noise_scheduler: SchedulerMixin, encoder, vae,

@@ -19,6 +19,7 @@ from film_diffusion.errors import UserError, first_line
 from film_diffusion.training.checkpoints import CHECKPOINTS, Stateful, checkpoint_step, load_run_state, resolve_resume
 from film_diffusion.training.config import ExperimentConfig
 from film_diffusion.training.progress import RunProgress
+from film_diffusion.training.sharding import ShardedState
 
 CONFIG = "config.yaml"
 METRICS = "metrics.jsonl"
@@ -50,11 +51,16 @@ def open_run(run: Path, resume: str | None, config: ExperimentConfig,
     return start_from, restart
 
 
-def load_checkpoint(accelerator: Accelerator, checkpoint: Path, run_state: Mapping[str, Stateful]) -> None:
-    """Accelerate's state (model, optimizer, RNG) and the run's own (``run_state``, its ``progress`` included) from
-    ``checkpoint``; one sentence, and nothing loaded half-way counts, when it does not fit the run."""
+def load_checkpoint(accelerator: Accelerator, checkpoint: Path, run_state: Mapping[str, Stateful],
+                    sharded: ShardedState | None = None) -> None:
+    """Accelerate's state (model, optimizer, RNG), or ``sharded``'s, and the run's own (``run_state``, its
+    ``progress`` included) from ``checkpoint``; one sentence, and nothing loaded half-way counts, when it does
+    not fit the run."""
     try:
-        accelerator.load_state(str(checkpoint))
+        if sharded is None:
+            accelerator.load_state(str(checkpoint))
+        else:
+            sharded.load(checkpoint)
         load_run_state(checkpoint, run_state, accelerator.device)
     except UnpicklingError:  # Accelerate reads its pickles with weights_only=True: nothing in them ran
         raise UserError(f"Checkpoint '{checkpoint}' holds a pickle that is not plain tensors (Accelerate's "

@@ -9,7 +9,8 @@ as a sampling pipeline folder (``RUN/pipeline``). Beside it: the data stream (:m
 
 from __future__ import annotations
 
-import contextlib
+import copy
+import functools
 import math
 import time
 from pathlib import Path
@@ -24,7 +25,7 @@ from film_diffusion.cpu_memory import keep_freed_memory
 from film_diffusion.errors import UserError
 from film_diffusion.training.build import build_dataset, build_denoiser, build_encoder, build_vae, latent_shape
 from film_diffusion.training.config import ExperimentConfig, check_config
-from film_diffusion.training.ema import RunEMA, ema_weights
+from film_diffusion.training.ema import RunEMA
 from film_diffusion.training.hooks import PeriodicHooks, make_pipeline, save_pipeline
 from film_diffusion.training.init_from import freeze_all_but, init_from
 from film_diffusion.training.inputs import ConditionMaker, clean_latents
@@ -33,6 +34,14 @@ from film_diffusion.training.objectives import diffusion_loss, noise_scheduler, 
 from film_diffusion.training.progress import RunProgress, nonfinite
 from film_diffusion.training.randomness import ShardedRandom
 from film_diffusion.training.run_folder import load_checkpoint, log_metrics, open_run, start_writing
+from film_diffusion.training.sharding import (
+    EMACounters,
+    ShardedState,
+    as_float,
+    gradient_sync,
+    sampling_weights,
+    shard,
+)
 from film_diffusion.training.streams import LATENTS, batch_stream, stored_latents
 
 
@@ -62,6 +71,12 @@ def train(config: ExperimentConfig, resume: str | None = None) -> Path:
     for frozen in (encoder, vae):
         if frozen is not None:
             frozen.to(device)
+    replica = None  # a sharded run's unsharded copy, on the main process, that grids and the pipeline sample with
+    fsdp = tc.sharding == "fsdp"
+    if fsdp:
+        model.to(device)
+        replica = copy.deepcopy(model).requires_grad_(False).eval() if accelerator.is_main_process else None
+        shard(model)
     trained = [parameter for parameter in model.parameters() if parameter.requires_grad]
     optimizer = torch.optim.AdamW(trained, lr=tc.lr, betas=(tc.adam_beta1, tc.adam_beta2),
                                   weight_decay=tc.weight_decay)
@@ -72,22 +87,29 @@ def train(config: ExperimentConfig, resume: str | None = None) -> Path:
         model.enable_gradient_checkpointing()
     if tc.compile:
         model = torch.compile(model)
-    model, optimizer = accelerator.prepare(model, optimizer)
+    if fsdp:  # sharded already: Accelerate's CPU mode would wrap it in DDP
+        optimizer = accelerator.prepare(optimizer)
+    else:
+        model, optimizer = accelerator.prepare(model, optimizer)
     denoiser = accelerator.unwrap_model(model, keep_torch_compile=False)  # the module itself, for EMA and pipelines
-    pipe = make_pipeline(denoiser, scheduler, encoder, vae, config)  # shares the denoiser's weights
-    ema = RunEMA(denoiser.parameters(), decay=tc.ema_decay, warmup=tc.ema_warmup)
+    # the pipeline shares the weights it samples with: the denoiser's, or a sharded run's replica (main process)
+    pipe = make_pipeline(denoiser if replica is None else replica, scheduler, encoder, vae, config)
+    ema = RunEMA(denoiser.parameters(), decay=tc.ema_decay, warmup=tc.ema_warmup)  # sharded: a shard per process
     random = ShardedRandom(config.seed, accelerator.process_index, accelerator.num_processes, device)
     progress = RunProgress()
-    run_state = {"progress": progress, "lr_schedule": lr_schedule, "ema": ema, "random": random}
+    sharded = ShardedState(model, optimizer, ema) if fsdp else None
+    run_state = {"progress": progress, "lr_schedule": lr_schedule, "ema": EMACounters(ema) if sharded else ema,
+                 "random": random}
     if start_from is not None:
-        load_checkpoint(accelerator, start_from, run_state)
+        load_checkpoint(accelerator, start_from, run_state, sharded)
     start_writing(run, config, accelerator, progress.step, start_from, restart)
 
     if config.vae.precompute:
         dataset = stored_latents(dataset, run / LATENTS, vae, accelerator)
     batches = batch_stream(dataset, config, accelerator, progress.step)
     conditions = ConditionMaker(encoder, config, denoiser, device)
-    hooks = PeriodicHooks(run, config, accelerator, pipe, ema, run_state)
+    ema_in_pipe = functools.partial(sampling_weights, ema, denoiser, replica, accelerator.is_main_process)
+    hooks = PeriodicHooks(run, config, accelerator, pipe, ema_in_pipe, run_state, sharded)
     accum = tc.gradient_accumulation_steps
 
     # the bar closes on an error too, so that the error's line is the last one printed
@@ -100,8 +122,7 @@ def train(config: ExperimentConfig, resume: str | None = None) -> Path:
             step_loss = torch.zeros((), device=device)
             for i in range(accum):
                 batch = next(batches)
-                sync = contextlib.nullcontext() if i == accum - 1 else accelerator.no_sync(model)
-                with sync:
+                with gradient_sync(model, accelerator, sync=i == accum - 1):
                     x0 = clean_latents(vae, batch, random, device)
                     inputs = conditions(batch, random.rand(len(x0)) < tc.caption_dropout)
                     noisy = noisy_batch(config.objective, scheduler, x0, random)
@@ -111,8 +132,8 @@ def train(config: ExperimentConfig, resume: str | None = None) -> Path:
                     accelerator.backward(loss / accum)
                 step_loss += loss.detach() / accum
             loss_value = accelerator.reduce(step_loss, "mean").item()  # the same on every process
-            grad_norm = (accelerator.clip_grad_norm_(model.parameters(), tc.max_grad_norm)
-                         if tc.max_grad_norm and math.isfinite(loss_value) else None)
+            grad_norm = as_float(accelerator.clip_grad_norm_(model.parameters(), tc.max_grad_norm)
+                                 if tc.max_grad_norm and math.isfinite(loss_value) else None)
             problem = nonfinite(loss_value, grad_norm, scaled=tc.mixed_precision == "fp16")
             if problem and not tc.skip_nonfinite:
                 raise UserError(f"The {problem} at step {progress.step + 1}; the run stopped and its checkpoints are "
@@ -141,8 +162,8 @@ def train(config: ExperimentConfig, resume: str | None = None) -> Path:
                 log_metrics(run, accelerator, row)
             hooks(progress.step, progress.seconds, bar)
 
-    if accelerator.is_main_process:
-        with ema_weights(ema, denoiser):
+    with ema_in_pipe():
+        if accelerator.is_main_process:
             save_pipeline(run / "pipeline", pipe, base=tc.init_from)
     accelerator.wait_for_everyone()
     accelerator.end_training()
@@ -158,9 +179,9 @@ def make_accelerator(config: ExperimentConfig) -> Accelerator:
                               project_config=ProjectConfiguration(project_dir=str(run), logging_dir=str(run / "logs")))
     check_config(config, accelerator.num_processes)
     if accelerator.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED):
-        raise UserError(f"This trainer runs on one process or with DDP; {accelerator.distributed_type.value} is not "
-                        "supported yet (it shards the weights that the EMA and sampling read); choose DDP in "
-                        "your accelerate config.")
+        raise UserError(f"This trainer shards the model itself (train.sharding: fsdp, the same FSDP2 wrapping on GPUs "
+                        f"and the CPU); Accelerate's {accelerator.distributed_type.value} plugin is not used: choose "
+                        "multi-GPU (DDP) in your accelerate config and set train.sharding.")
     if config.train.mixed_precision == "fp16" and accelerator.device.type == "cpu":
         raise UserError("train.mixed_precision=fp16 needs a GPU (Accelerate would silently train in float32 on the "
                         "CPU); use bf16 or no.")

@@ -25,8 +25,8 @@ class Killed(Exception):
 def kill_after_checkpoint(monkeypatch, step: int) -> None:
     """The process dies right after checkpoint ``step`` is complete, as a kill would leave it."""
 
-    def save_then_die(accelerator, run, saved_step, keep, state):
-        path = save_checkpoint(accelerator, run, saved_step, keep, state)
+    def save_then_die(accelerator, run, saved_step, keep, state, sharded=None):
+        path = save_checkpoint(accelerator, run, saved_step, keep, state, sharded)
         if saved_step == step:
             raise Killed
         return path

@@ -9,7 +9,7 @@ from runs import tiny_run
 
 from film_diffusion.errors import UserError
 from film_diffusion.pipelines import FilmDiffusionPipeline
-from film_diffusion.training import hooks, trainer
+from film_diffusion.training import sharding, trainer
 
 
 def sample(run, **inputs) -> torch.Tensor:
@@ -58,7 +58,7 @@ def test_unet_with_a_transformers_clip_and_the_zeros_null(tmp_path, tiny_transfo
 
 def test_sample_grids_and_evaluation_use_the_ema_and_put_the_training_weights_back(tmp_path, monkeypatch):
     swaps = []
-    swap = trainer.ema_weights
+    swap = sharding.ema_weights
 
     @contextlib.contextmanager
     def spy(ema, model):
@@ -69,8 +69,7 @@ def test_sample_grids_and_evaluation_use_the_ema_and_put_the_training_weights_ba
         after = model.state_dict()
         swaps.append((before, after, inside, [s.clone() for s in ema.shadow_params], model.training))
 
-    monkeypatch.setattr(trainer, "ema_weights", spy)  # the final pipeline
-    monkeypatch.setattr(hooks, "ema_weights", spy)  # grids and evaluation
+    monkeypatch.setattr(sharding, "ema_weights", spy)  # grids, evaluation and the final pipeline
     run = tiny_run(tmp_path / "run", "train.max_steps=2", "train.sample_every=2", "train.eval_every=2",
                    "train.ema_decay=0.5", "data.resolution=32", "eval.scenes=4")
     assert (run / "samples" / "step-000002.png").is_file()
