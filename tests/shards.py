@@ -13,6 +13,7 @@ import webdataset
 from PIL import Image
 
 BROKEN = b"this is not an image"
+datasets.disable_progress_bars()  # writing a test's files is not news
 
 
 def png(seed: int, side: int = 20) -> bytes:

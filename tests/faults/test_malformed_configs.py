@@ -58,6 +58,11 @@ CASES = [
     ({"condition": {"embeddings": "/no/such/embeddings.safetensors"}}, "'condition.embeddings' is "
      "'/no/such/embeddings.safetensors'", ""),
     ({"train": "fast"}, "'train' must be a mapping of keys to values, got 'fast'", ""),
+    ({"train": {"sharding": "fsdp"}}, "'train.sharding' is 'fsdp', which shards the model over processes, but this "
+     "run has one", "torchrun"),
+    ({"data": {"name": "webdataset", "root": "/no/such/shards-{000..009}.tar"}}, "'data.root' is "
+     "'/no/such/shards-{000..009}.tar', which matches no .tar file", ""),
+    ({"data": {"name": "hf"}}, "'data.root' is required with data.name=hf", ""),
 ]
 
 
@@ -71,6 +76,19 @@ def test_malformed_config_is_one_line_and_writes_nothing(raw, message, also, tmp
     assert len(err) == 1 and err[0].startswith("film-diffusion train: error: "), err
     assert message in err[0] and also in err[0], err[0]
     assert not out.exists()
+
+
+def test_a_missing_column_is_one_line_and_writes_nothing(tmp_path, capsys):
+    from shards import samples, write_parquet
+
+    write_parquet(tmp_path / "data", samples(4))
+    config = tmp_path / "config.yaml"
+    config.write_text(yaml.safe_dump({"data": {"name": "hf", "root": str(tmp_path / "data"),
+                                               "caption_column": "caption"}}))
+    assert main(["train", str(config), f"output_dir={tmp_path / 'run'}"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "Config key 'data.caption_column' is 'caption', but" in err[0], err
+    assert "has no such column (it has image, text, label)" in err[0] and not (tmp_path / "run").exists()
 
 
 @pytest.mark.parametrize("text, message", [
