@@ -2,8 +2,8 @@
 same wrapping on GPUs and on the CPU (a gloo group), so that the CPU tests check the path a GPU run takes.
 
 Each block is a unit (a DiT block; a U-Net residual or attention block), the conditioning stack is its own unit,
-and the root holds the rest (embeddings, a U-Net's resampling layers, the output layers). The stack's per-site modules (a cross-attention, a FiLM generator) run inside the
-blocks, after the stack's own forward, so the stack keeps its weights gathered from its forward to its backward
+and the root holds the rest (embeddings, a U-Net's resampling layers, the output layers). The stack's per-site
+modules (a cross-attention, a FiLM generator) run inside the blocks, after the stack's own forward, so the stack keeps its weights gathered from its forward to its backward
 (``reshard_after_forward=False``): it is a small share of the model. The learned null is applied inside the
 stack's forward (``null_mask``), so no weight is read outside a forward. The EMA keeps one shard per process
 (diffusers' ``EMAModel`` over the sharded parameters); grids and the final pipeline read a gathered copy.
@@ -38,8 +38,10 @@ SHARDED = "sharded"  # the checkpoint's sub-folder of torch.distributed.checkpoi
 
 def shard(model: nn.Module) -> None:
     """Shard ``model`` in place (on its device): blocks, the conditioning stack, then the root."""
-    levels = [] if isinstance(model, DiT) else [*model.down, model.mid, *model.up]
-    blocks = list(model.blocks) if isinstance(model, DiT) else [b for level in levels for b in (*level.res, *level.attn)]
+    if isinstance(model, DiT):
+        blocks = list(model.blocks)
+    else:  # the U-Net calls its residual and attention blocks one by one (a level has no forward of its own)
+        blocks = [b for level in (*model.down, model.mid, *model.up) for b in (*level.res, *level.attn)]
     for block in blocks:
         fully_shard(block)
     fully_shard(model.conditioner, reshard_after_forward=False)
