@@ -1,16 +1,17 @@
-"""Sharded datasets against the image folder: how long a run takes to start on 100,000 images, and how many
-images per second each loader feeds, on the same images.
+"""Sharded datasets against the image folder: how long a run takes to start on 100,000 images, and how many images per
+second each loader feeds, on the same images.
 
     python benchmarks/streaming_data.py                          # 100,000 built-in scenes at 32 px
     python benchmarks/streaming_data.py --images 20000 --workers 2 --data-dir /tmp/streaming-data
 
 The images (built-in training scenes with their captions, as PNG) are written once into ``--data-dir`` in three
-forms: a captioned folder (``metadata.jsonl``), Hugging Face parquet (``datasets``' ``Image`` feature, row groups
-of 100, as ``datasets`` writes image data) and WebDataset tars of 1,000 samples. Start: ``film-diffusion train``
-on ``configs/quickstart.yaml`` with the data swapped, from its launch to the first logged step (build, data
-index, first batch, one step of the quickstart's model). Beside it, the data's own part of that: building the
-dataset and its first batch, in this process. Throughput: the run's own data stream (shuffled order, decode, crop, collate), batches of
-``--batch``, the loaders taking turns (medians over ``--repeats`` rounds) so that machine load hits each alike.
+forms: a captioned folder (``metadata.jsonl``), Hugging Face parquet (``datasets``' ``Image`` feature, row groups of
+100, as ``datasets`` writes image data) and WebDataset tars of 1,000 samples. Start: ``film-diffusion train`` on
+``configs/quickstart.yaml`` with the data swapped, from its launch to the first logged step (build, data index,
+first batch, one step of the quickstart's model). Beside it, the data's own part of that: building the dataset and
+its first batch, in this process. Throughput: the run's own data stream (shuffled order, decode, crop, collate),
+batches of ``--batch``, the loaders taking turns (medians over ``--repeats`` rounds) so that machine load hits each
+alike.
 """
 
 from __future__ import annotations

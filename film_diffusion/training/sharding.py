@@ -1,14 +1,15 @@
-"""``train.sharding: fsdp``: the denoiser sharded over the processes with torch's FSDP2 (``fully_shard``), the
-same wrapping on GPUs and on the CPU (a gloo group), so that the CPU tests check the path a GPU run takes.
+"""``train.sharding: fsdp``: the denoiser sharded over the processes with torch's FSDP2 (``fully_shard``), the same
+wrapping on GPUs and on the CPU (a gloo group), so that the CPU tests check the path a GPU run takes.
 
-Each block is a unit (a DiT block; a U-Net residual or attention block), the conditioning stack is its own unit,
-and the root holds the rest (embeddings, a U-Net's resampling layers, the output layers). The stack's per-site
-modules (a cross-attention, a FiLM generator) run inside the blocks, after the stack's own forward, so the stack keeps its weights gathered from its forward to its backward
-(``reshard_after_forward=False``): it is a small share of the model. The learned null is applied inside the
-stack's forward (``null_mask``), so no weight is read outside a forward. The EMA keeps one shard per process
-(diffusers' ``EMAModel`` over the sharded parameters); grids and the final pipeline read a gathered copy.
-Checkpoints hold the sharded state (model, optimizer, EMA) through ``torch.distributed.checkpoint``, each process
-writing its shards, no pickle; the run's other state is the unsharded run state of :mod:`.checkpoints`.
+Each block is a unit (a DiT block; a U-Net residual or attention block), the conditioning stack is its own unit, and
+the root holds the rest (embeddings, a U-Net's resampling layers, the output layers). The stack's per-site modules
+(a cross-attention, a FiLM generator) run inside the blocks, after the stack's own forward, so the stack keeps its
+weights gathered from its forward to its backward (``reshard_after_forward=False``): it is a small share of the
+model. The learned null is applied inside the stack's forward (``null_mask``), so no weight is read outside a
+forward. The EMA keeps one shard per process (diffusers' ``EMAModel`` over the sharded parameters); grids and the
+final pipeline read a gathered copy. Checkpoints hold the sharded state (model, optimizer, EMA) through
+``torch.distributed.checkpoint``, each process writing its shards, no pickle; the run's other state is the unsharded
+run state of :mod:`.checkpoints`.
 """
 
 from __future__ import annotations
