@@ -50,7 +50,7 @@ class ShardReader:
 
     def __init__(self, files: list[str], fs: fsspec.AbstractFileSystem):
         self.files, self.fs = files, fs
-        self.cache_chunks = 2  # chunks kept in memory; the dataset sets what its shuffle window needs
+        self.cache_rows = 0  # records kept in memory (whole chunks, the newest always); the dataset sets it
         self.chunks: list[tuple[int, int, int]] = []
         self._cache: OrderedDict[int, object] = OrderedDict()
 
@@ -73,7 +73,7 @@ class ShardReader:
         chunk = bisect.bisect_right(self.starts, index) - 1
         if chunk not in self._cache:
             self._cache[chunk] = self._read_chunk(*self.chunks[chunk])
-            while len(self._cache) > self.cache_chunks:
+            while len(self._cache) > 1 and sum(self.chunks[c][2] for c in self._cache) > self.cache_rows:
                 self._cache.popitem(last=False)
         self._cache.move_to_end(chunk)
         return self._record_in(self._cache[chunk], index - self.starts[chunk])

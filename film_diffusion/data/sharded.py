@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import io
 import logging
-import math
 
 from PIL import Image
 from torch.utils.data import Dataset
@@ -26,14 +25,15 @@ logger = logging.getLogger(__name__)
 
 
 class ShardedImageDataset(Dataset):
-    """The records of ``reader`` as training items, resized and cropped as the folder dataset's; ``labels``:
-    items carry the record's class label (and an empty caption). The reader keeps as many chunks in memory as
-    a shuffle window of ``window`` samples can touch, so that each is read once per window."""
+    """The records of ``reader`` as training items, resized and cropped as the folder dataset's; ``num_classes``:
+    items carry the record's class label (and an empty caption). The reader keeps the chunks a shuffle window of
+    ``window`` samples touches in memory (the window and the two chunks it straddles), so that each is read once
+    per window."""
 
-    def __init__(self, reader: ShardReader, window: int, resolution: int, labels: bool, center_crop: bool = True,
-                 random_flip: bool = False):
-        self.reader, self.labels = reader, labels
-        reader.cache_chunks = math.ceil(window / min(reader.chunk_sizes or [1])) + 2
+    def __init__(self, reader: ShardReader, window: int, resolution: int, num_classes: int | None,
+                 center_crop: bool = True, random_flip: bool = False):
+        self.reader, self.num_classes, self.labels = reader, num_classes, num_classes is not None
+        reader.cache_rows = window + 2 * max(reader.chunk_sizes or [0])
         self.transform = ImageFolderDataset.make_transform(resolution, center_crop, random_flip)
         self.skipped: set[int] = set()  # the unusable samples found so far (in this process)
         if len(reader) == 0:
@@ -53,13 +53,17 @@ class ShardedImageDataset(Dataset):
             at = (index + offset) % len(self)
             if at in self.skipped:
                 continue
-            record = self.reader.record(at)
-            problem = self._problem(record)
+            try:
+                record = self.reader.record(at)  # a label that is no integer, a caption that is no UTF-8 fail here
+            except ValueError as err:
+                record, problem = None, f"it cannot be read: {err}"
+            else:
+                problem = self._problem(record)
             if problem is None:
                 try:
                     with Image.open(io.BytesIO(record.image)) as image:
                         image = to_rgb(image)  # decodes: a truncated image fails here
-                except (OSError, SyntaxError, ValueError) as err:  # what PIL raises for bytes it cannot read
+                except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:  # bytes PIL cannot read
                     problem = f"its image does not decode: {err}"
             if problem is not None:
                 self.skipped.add(at)
@@ -76,20 +80,24 @@ class ShardedImageDataset(Dataset):
             return "it has no image"
         if self.labels and record.label is None:
             return "it has no label"
+        if self.labels and not 0 <= record.label < self.num_classes:
+            return f"its label {record.label} is not a class id from 0 to {self.num_classes - 1}"
         if not self.labels and record.caption is None:
             return "it has no caption"
         return None
 
 
-def hf_dataset(root: str, image_column: str, caption_column: str, label_column: str, labels: bool,
+def hf_dataset(root: str, image_column: str, caption_column: str, label_column: str, num_classes: int | None,
                window: int, **transform) -> ShardedImageDataset:
-    """A Hugging Face dataset's parquet or arrow files (a folder, or a hub id), read in place."""
+    """A Hugging Face dataset's parquet or arrow files (a folder, or a hub id), read in place; ``num_classes``:
+    class labels from ``label_column`` (None: captions)."""
+    labels = num_classes is not None
     reader = TableReader(root, image_column, None if labels else caption_column, label_column if labels else None)
-    return ShardedImageDataset(reader, window, labels=labels, **transform)
+    return ShardedImageDataset(reader, window, num_classes=num_classes, **transform)
 
 
-def webdataset_dataset(root: str, caption_column: str, label_column: str, labels: bool, window: int,
+def webdataset_dataset(root: str, caption_column: str, label_column: str, num_classes: int | None, window: int,
                        **transform) -> ShardedImageDataset:
     """WebDataset tar shards (a folder, or a brace pattern), read in place."""
     reader = TarReader(root, caption_column, label_column)
-    return ShardedImageDataset(reader, window, labels=labels, **transform)
+    return ShardedImageDataset(reader, window, num_classes=num_classes, **transform)

@@ -118,11 +118,12 @@ def build_dataset(data: DataConfig, condition: ConditionConfig) -> Dataset:
             raise ConfigError(f"Config section 'data': {err}") from None
         return LabelledScenes(scenes) if labels else scenes
     transform = dict(resolution=data.resolution, center_crop=data.center_crop, random_flip=data.random_flip)
+    classes = condition.num_classes if labels else None
     if data.name == "hf":
-        return hf_dataset(data.root, data.image_column, data.caption_column, data.label_column, labels,
+        return hf_dataset(data.root, data.image_column, data.caption_column, data.label_column, classes,
                           data.shuffle_window, **transform)
     if data.name == "webdataset":
-        return webdataset_dataset(data.root, data.caption_column, data.label_column, labels, data.shuffle_window,
+        return webdataset_dataset(data.root, data.caption_column, data.label_column, classes, data.shuffle_window,
                                   **transform)
     if not Path(data.root).is_dir():
         raise ConfigError(f"Config key 'data.root' is '{data.root}', which is not a folder; point it at the images.")

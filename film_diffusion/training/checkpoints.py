@@ -23,6 +23,7 @@ import torch
 from accelerate import Accelerator
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
+from torch.distributed.checkpoint.api import CheckpointException
 
 from film_diffusion.atomic import discard, partial_path, publish, remove_folder
 from film_diffusion.errors import DISK_FULL, UserError, first_line
@@ -73,7 +74,8 @@ def save_checkpoint(accelerator: Accelerator, run: Path, step: int, keep: int | 
         if accelerator.is_main_process:
             write_manifest(partial)
             publish(partial, final)
-    except (OSError, RuntimeError, SafetensorError) as err:  # torch.save and safetensors wrap the OS's error
+    except (OSError, RuntimeError, SafetensorError, CheckpointException) as err:  # torch, safetensors and
+        # torch.distributed.checkpoint (a BaseException holding each rank's error) wrap the OS's error
         shutil.rmtree(partial, ignore_errors=True)
         intact = checkpoint_dirs(run)
         kept = f"the newest intact checkpoint, '{intact[-1]}', is untouched" if intact else "no earlier checkpoint"

@@ -12,6 +12,7 @@ from pickle import UnpicklingError
 import yaml
 from accelerate import Accelerator
 from safetensors import SafetensorError
+from torch.distributed.checkpoint.api import CheckpointException
 
 from film_diffusion.atomic import clean_leftovers, write_text
 from film_diffusion.config import config_to_dict
@@ -66,7 +67,7 @@ def load_checkpoint(accelerator: Accelerator, checkpoint: Path, run_state: Mappi
         raise UserError(f"Checkpoint '{checkpoint}' holds a pickle that is not plain tensors (Accelerate's "
                         "optimizer or RNG state replaced or tampered with); it was refused, not run. Resume from "
                         "a checkpoint you trust, or train into a new output_dir.") from None
-    except (RuntimeError, ValueError, KeyError, OSError, SafetensorError) as err:
+    except (RuntimeError, ValueError, KeyError, OSError, SafetensorError, CheckpointException) as err:
         raise UserError(f"Checkpoint '{checkpoint}' does not fit this run ({first_line(err)}); resume with the "
                         "config it was trained with, or train into a new output_dir.") from None
     progress: RunProgress = run_state["progress"]

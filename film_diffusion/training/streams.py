@@ -72,7 +72,7 @@ class WindowShuffle:
         block, within = divmod(offset, self.window)
         if self._window is None or self._window[0] != (epoch, block):
             size = min(self.window, self.length - block * self.window)
-            seed = (self.seed * 1_000_003 + epoch) * 1_000_003 + block
+            seed = ((self.seed * 1_000_003 + epoch) * 1_000_003 + block) % 2**63  # any seed, within manual_seed's range
             self._window = ((epoch, block), torch.randperm(size, generator=torch.Generator().manual_seed(seed)))
         place = block * self.window + int(self._window[1][within])
         k = int(torch.searchsorted(ends, place, right=True))  # the chunk at this place

@@ -69,16 +69,20 @@ def test_a_sample_without_a_caption_is_skipped(tmp_path, caplog):
 
 
 def test_each_chunk_is_read_once_per_shuffle_window(tmp_path, monkeypatch):
-    data = dataset(write_parquet(tmp_path, samples(64), files=2, row_group=8), "hf", "data.shuffle_window=16")
+    # row groups of 8, 8, 8 and 6 in each file: a short last group must not enlarge what is kept in memory
+    data = dataset(write_parquet(tmp_path, samples(60), files=2, row_group=8), "hf", "data.shuffle_window=16")
     reads = []
     data.reader._cache.clear()  # the chunk the build read to check the first sample
     original = type(data.reader)._read_chunk
     monkeypatch.setattr(type(data.reader), "_read_chunk", lambda self, *chunk: reads.append(chunk) or original(
         self, *chunk))
     order = WindowShuffle(data.chunk_sizes, window=16, seed=0)
-    for offset in range(64):
+    cached = []
+    for offset in range(60):
         data[order(0, offset)]
+        cached.append(sum(data.reader.chunks[c][2] for c in data.reader._cache))
     assert len(reads) == 8 and len(set(reads)) == 8  # 8 row groups, each read once in the epoch
+    assert max(cached) <= 16 + 2 * 8  # the window and the two chunks it straddles, never more
 
 
 @pytest.mark.parametrize("kind", ["parquet", "tar"])
@@ -145,3 +149,19 @@ def test_a_hub_id_that_cannot_be_listed_is_one_sentence(monkeypatch):
     with pytest.raises(ConfigError, match="Config key 'data.root' is 'someone/captions', whose files could not be "
                                           "listed .*; check the id and the network"):
         dataset("someone/captions", "hf")
+
+
+def test_unreadable_labels_and_captions_and_labels_out_of_range_are_skipped(tmp_path, caplog):
+    import webdataset
+
+    rows = samples(3)
+    with webdataset.TarWriter(str(tmp_path / "train-000000.tar")) as tar:
+        tar.write({"__key__": "a", "png": rows[0]["image"], "txt": b"\xff\xfe not utf-8", "cls": b"x"})
+        tar.write({"__key__": "b", "png": rows[1]["image"], "txt": "fine", "cls": 7})
+        tar.write({"__key__": "c", "png": rows[2]["image"], "txt": "fine too", "cls": 2})
+    with caplog.at_level(logging.WARNING):
+        labelled = dataset(tmp_path, "webdataset", labels=True)  # 3 classes: 7 is none of them
+        assert labelled[0]["label"] == 2 and labelled.skipped == {0, 1}
+        assert dataset(tmp_path, "webdataset")[0]["caption"] == "fine"
+    assert "Skipping sample 0" in caplog.text and "it cannot be read" in caplog.text
+    assert "its label 7 is not a class id from 0 to 2" in caplog.text

@@ -92,6 +92,8 @@ def test_a_window_shuffle_reads_each_window_from_few_chunks_and_reorders_them_ea
     assert epochs[0][:200] != epochs[1][:200]
     firsts = [epochs[0][start] // 100 for start in range(0, 5000, 200)]
     assert firsts != sorted(firsts)  # chunks come in a shuffled order
+    huge_seed = WindowShuffle(sizes, window=200, seed=10**12)  # any seed the config takes
+    assert sorted(huge_seed(0, offset) for offset in range(5000)) == list(range(5000))
 
 
 def test_sharded_random_gives_each_process_its_slice_of_one_draw():
