@@ -31,6 +31,7 @@ from webdataset.tariterators import base_plus_ext
 from film_diffusion.config import ConfigError
 
 HUB_ID = re.compile(r"^[\w.-]+/[\w.-]+$")
+TRAIN_SPLIT = re.compile(r"(^|[/_.-])train([/_.-]|$)")  # train-00000.parquet, data/train/..., not pretrain.parquet
 IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp", "bmp", "tif", "tiff", "gif", "ppm")
 TAR_CHUNK = 100  # tar samples read as one chunk (any run can be read; this keeps the shuffle's units small)
 
@@ -156,8 +157,9 @@ class TableReader(ShardReader):
         return Record(image, caption, label)
 
     def _read_path(self, path: str) -> bytes | None:
-        """An image stored by path: absolute, or beside the dataset's files; None if it cannot be read."""
-        for candidate in (path, f"{self.base.rstrip('/')}/{path}"):
+        """An image stored by path: absolute, or relative to the dataset's folder; None if it cannot be read."""
+        candidates = [path] if Path(path).is_absolute() else [f"{self.base.rstrip('/')}/{path}", path]
+        for candidate in candidates:
             try:
                 with self.fs.open(candidate, "rb") as f:
                     return f.read()
@@ -254,7 +256,7 @@ def _table_files(root: str) -> tuple[fsspec.AbstractFileSystem, list[str]]:
         for extension in ("parquet", "arrow") if isinstance(fs, LocalFileSystem) else ("parquet",):
             files = sorted(fs.glob(f"{base}/**/*.{extension}"))
             if files:
-                train = [f for f in files if "train" in Path(f).relative_to(base).as_posix()]
+                train = [f for f in files if TRAIN_SPLIT.search(Path(f).relative_to(base).as_posix())]
                 return fs, train or files
     except Exception as err:  # noqa: BLE001 - whatever the hub client raises (network, access, no such dataset)
         raise ConfigError(f"Config key 'data.root' is '{root}', whose files could not be listed "

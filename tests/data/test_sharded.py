@@ -165,3 +165,23 @@ def test_unreadable_labels_and_captions_and_labels_out_of_range_are_skipped(tmp_
         assert dataset(tmp_path, "webdataset")[0]["caption"] == "fine"
     assert "Skipping sample 0" in caplog.text and "it cannot be read" in caplog.text
     assert "its label 7 is not a class id from 0 to 2" in caplog.text
+
+
+def test_image_paths_are_read_beside_the_dataset_and_only_train_files_are_read(tmp_path, monkeypatch):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    rows = samples(3)
+    for i, row in enumerate(rows):
+        (tmp_path / f"{i}.png").write_bytes(row["image"])
+    image = pa.struct([("bytes", pa.binary()), ("path", pa.string())])  # an Image feature that stores paths
+    table = pa.table({"image": pa.array([{"bytes": None, "path": f"{i}.png"} for i in range(3)], image),
+                      "text": [r["text"] for r in rows]})
+    pq.write_table(table, tmp_path / "train-00000.parquet")
+    pq.write_table(table.slice(0, 1), tmp_path / "pretrain-00000.parquet")  # another split's file, by its name
+    (tmp_path / "elsewhere").mkdir()
+    (tmp_path / "elsewhere" / "0.png").write_bytes(samples(5)[4]["image"])  # a same-named file where we run
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    data = dataset(tmp_path, "hf")
+    folder = ImageFolderDataset(write_folder(tmp_path / "folder", rows), 16)
+    assert len(data) == 3 and torch.equal(data[0]["image"], folder[0]["image"])
