@@ -38,7 +38,7 @@ from film_diffusion.data.collate import collate
 from film_diffusion.data.shapes import ShapesDataset
 from film_diffusion.training.build import build_dataset
 from film_diffusion.training.config import load_experiment
-from film_diffusion.training.streams import RandomOrder, SeededItems, StreamSampler, WindowShuffle
+from film_diffusion.training.streams import SeededItems, StreamSampler, epoch_order
 
 KINDS = {"folder": "folder", "hf": "parquet", "webdataset": "tars"}
 QUICKSTART = Path(__file__).resolve().parents[1] / "configs" / "quickstart.yaml"
@@ -101,8 +101,7 @@ def batches(name: str, root: Path, batch: int, workers: int) -> tuple[Iterator[d
     start = time.perf_counter()
     config = load_experiment({}, [f"data.name={name}", f"data.root={root}"])
     dataset = build_dataset(config.data, config.condition)
-    chunks = getattr(dataset, "chunk_sizes", None)
-    order = WindowShuffle(chunks, config.data.shuffle_window, 0) if chunks else RandomOrder(len(dataset), 0)
+    order = epoch_order(dataset, config.data.shuffle_window, seed=0)
     loader = DataLoader(SeededItems(dataset, 0), batch_size=batch, sampler=StreamSampler(order, batch, 0, 1),
                         collate_fn=collate, num_workers=workers, persistent_workers=workers > 0)
     stream = iter(loader)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
+from typing import IO
 
 import numpy as np
 from PIL import Image
@@ -59,15 +60,25 @@ class ImageFolderDataset(Dataset):
             if path in self.skipped:
                 continue
             try:
-                with Image.open(path) as image:
-                    image = to_rgb(image)  # decodes: a truncated file fails here
-            except (OSError, SyntaxError, ValueError) as err:  # what PIL raises for unreadable or truncated files
+                image = decoded_rgb(path)
+            except UNREADABLE as err:
                 self.skipped.append(path)
                 logger.warning("Skipping unreadable image %s (%s); %d of %d images skipped so far.", path, err,
                                len(self.skipped), len(self.samples))
                 continue
             return {"image": self.transform(image), "caption": text}
         raise UserError(f"No readable image is listed in {self.root / METADATA}; add images or fix the files.")
+
+
+UNREADABLE = (OSError, SyntaxError, ValueError, Image.DecompressionBombError)
+"""What PIL raises for a file or bytes it cannot read: missing, truncated, not an image, a decompression bomb."""
+
+
+def decoded_rgb(source: str | Path | IO[bytes]) -> Image.Image:
+    """The image decoded now (a truncated file fails here, not later), as RGB (:func:`to_rgb`); raises one of
+    :data:`UNREADABLE`."""
+    with Image.open(source) as image:
+        return to_rgb(image)
 
 
 def to_rgb(image: Image.Image) -> Image.Image:

@@ -14,10 +14,9 @@ from __future__ import annotations
 import io
 import logging
 
-from PIL import Image
 from torch.utils.data import Dataset
 
-from film_diffusion.data.folder import ImageFolderDataset, to_rgb
+from film_diffusion.data.folder import UNREADABLE, ImageFolderDataset, decoded_rgb
 from film_diffusion.data.shard_readers import Record, ShardReader, TableReader, TarReader
 from film_diffusion.errors import UserError
 
@@ -61,9 +60,8 @@ class ShardedImageDataset(Dataset):
                 problem = self._problem(record)
             if problem is None:
                 try:
-                    with Image.open(io.BytesIO(record.image)) as image:
-                        image = to_rgb(image)  # decodes: a truncated image fails here
-                except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:  # bytes PIL cannot read
+                    image = decoded_rgb(io.BytesIO(record.image))
+                except UNREADABLE as err:
                     problem = f"its image does not decode: {err}"
             if problem is not None:
                 self.skipped.add(at)

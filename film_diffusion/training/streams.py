@@ -27,12 +27,17 @@ def batch_stream(dataset: Dataset, config: ExperimentConfig, accelerator: Accele
     """This process's micro-batches from optimizer step ``step`` on, endlessly."""
     accum = config.train.gradient_accumulation_steps
     micro = config.train.batch_size // (accelerator.num_processes * accum)
-    chunks = getattr(dataset, "chunk_sizes", None)  # a dataset read in chunks (sharded files) is drawn chunk-wise
-    order = (WindowShuffle(chunks, config.data.shuffle_window, config.seed) if chunks is not None
-             else RandomOrder(len(dataset), config.seed))
+    order = epoch_order(dataset, config.data.shuffle_window, config.seed)
     sampler = StreamSampler(order, micro, accelerator.process_index, accelerator.num_processes, start=step * accum)
     return iter(DataLoader(SeededItems(dataset, config.seed), batch_size=micro, sampler=sampler, collate_fn=collate,
                            num_workers=config.data.num_workers))
+
+
+def epoch_order(dataset: Dataset, window: int, seed: int) -> RandomOrder | WindowShuffle:
+    """How a run visits ``dataset`` each epoch: chunk by chunk when it is read in chunks (sharded files),
+    otherwise in a uniformly random order."""
+    chunks = getattr(dataset, "chunk_sizes", None)
+    return RandomOrder(len(dataset), seed) if chunks is None else WindowShuffle(chunks, window, seed)
 
 
 class RandomOrder:

@@ -95,3 +95,15 @@ def test_missing_metadata_or_file_is_one_clear_error(tmp_path):
     write_folder(tmp_path, [("junk.png", "a"), ("bad.png", "b")], {"junk.png": b"\x00" * 10, "bad.png": b"?"})
     with pytest.raises(UserError, match="No readable image is listed"):
         ImageFolderDataset(tmp_path, resolution=8)
+
+
+def test_a_decompression_bomb_is_skipped_like_any_unreadable_image(tmp_path, monkeypatch, caplog):
+    from PIL import Image as PILImage
+
+    write_folder(tmp_path, [("big.png", "too big"), ("small.png", "fine")],
+                 {"big.png": PILImage.new("RGB", (64, 64)), "small.png": PILImage.new("RGB", (8, 8))})
+    monkeypatch.setattr(PILImage, "MAX_IMAGE_PIXELS", 1000)  # 64x64 is over twice that: PIL calls it a bomb
+    with caplog.at_level(logging.WARNING):
+        dataset = ImageFolderDataset(tmp_path, 8)
+    assert dataset[0]["caption"] == "fine" and dataset.skipped == [tmp_path / "big.png"]
+    assert "Skipping unreadable image" in caplog.text and "decompression bomb" in caplog.text.lower()
