@@ -131,6 +131,15 @@ class Upsample(nn.Module):
         return self.conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))
 
 
+def pixel_coordinates(x: torch.Tensor) -> torch.Tensor:
+    """``(B, 2, H, W)``: each pixel's x (channel 0) and y (channel 1), from -1 at one edge to 1 at the other."""
+    b, _, h, w = x.shape
+    ys = torch.linspace(-1, 1, h, device=x.device, dtype=x.dtype)
+    xs = torch.linspace(-1, 1, w, device=x.device, dtype=x.dtype)
+    grid = torch.stack([xs.expand(h, w), ys[:, None].expand(h, w)])
+    return grid.expand(b, 2, h, w)
+
+
 class UNet(NullClassMixin, CheckpointedBlocksMixin, PeftAdapterMixin, ModelMixin, ConfigMixin):
     """Convolutional denoiser whose conditioning is a list of methods.
 
@@ -158,6 +167,9 @@ class UNet(NullClassMixin, CheckpointedBlocksMixin, PeftAdapterMixin, ModelMixin
             block, so that attention (a cross-attention's queries) can tell where a token is; convolutions
             see position only through their zero padding. Off by default, as in ADM and Stable Diffusion
             (docs/models.md has the measurement behind it).
+        coord_channels: give the first convolution two more input channels holding each pixel's x and y in
+            [-1, 1] (CoordConv, Liu et al. 2018), so that a method that reaches every pixel alike (FiLM, adaLN)
+            can say where to draw from the first layer on, rather than from the zero padding's edge effects.
     """
 
     native_timestep_method = "film"
@@ -181,6 +193,7 @@ class UNet(NullClassMixin, CheckpointedBlocksMixin, PeftAdapterMixin, ModelMixin
         zero_init: bool = True,
         learned_null_tokens: int | None = None,
         attention_pos_embed: bool = False,
+        coord_channels: bool = False,
     ):
         super().__init__()
         channels = list(block_out_channels)
@@ -248,7 +261,7 @@ class UNet(NullClassMixin, CheckpointedBlocksMixin, PeftAdapterMixin, ModelMixin
                                              cond_pooled_dim=cond_pooled_dim, num_classes=num_classes,
                                              learned_null_tokens=learned_null_tokens)
         extra = self.conditioner.extra_input_channels(self.input_site)
-        self.conv_in = nn.Conv2d(in_channels + extra, channels[0], 3, padding=1)
+        self.conv_in = nn.Conv2d(in_channels + extra + 2 * coord_channels, channels[0], 3, padding=1)
         if zero_init:
             gated = self.conditioner.zeroed_gates()
             for block in self.modules():
@@ -272,7 +285,10 @@ class UNet(NullClassMixin, CheckpointedBlocksMixin, PeftAdapterMixin, ModelMixin
         t = timesteps_for_batch(timestep, sample.shape[0], sample.device)
         state = self.conditioner(self.t_embedder(t), condition, class_labels, null_mask)
         sample = sample.to(self.conv_in.weight.dtype)
-        h = self.conv_in(state.extend_channels(self.input_site.name, sample))  # (B, C0, H, W)
+        x = state.extend_channels(self.input_site.name, sample)
+        if cfg.coord_channels:
+            x = torch.cat([x, pixel_coordinates(x)], dim=1)
+        h = self.conv_in(x)  # (B, C0, H, W)
         skips = [h]
         for level in self.down:
             for i, block in enumerate(level.res):

@@ -14,6 +14,7 @@ then made only of them (and needs no bucket to stay apart).
 
 from __future__ import annotations
 
+import copy
 import hashlib
 from collections.abc import Iterable, Sequence
 
@@ -105,6 +106,8 @@ class ShapesDataset(Dataset):
 
     Each object is a dict with ``color``, ``shape``, ``size`` and ``cell`` (names from
     :mod:`film_diffusion.data.vocabulary`). ``templates`` restricts the caption wordings (default: all).
+    ``cache``: keep each item's pixels, objects and caption once drawn, so that a run going over the split more
+    than once draws each item once (``3 * resolution**2`` bytes an item: 154 MB for 50,000 items at 32 px).
     """
 
     def __init__(
@@ -117,6 +120,7 @@ class ShapesDataset(Dataset):
         length: int | None = None,
         min_objects: int = 1,
         templates: Sequence[str] | None = None,
+        cache: bool = False,
     ) -> None:
         if split not in SPLITS:
             raise UserError(f"Unknown split '{split}'; choose one of {', '.join(SPLITS)}.")
@@ -132,6 +136,7 @@ class ShapesDataset(Dataset):
         self.pairs = _pairs_for(split, self.holdout)
         self.length = DEFAULT_LENGTH[split] if length is None else length
         self.templates = tuple(TEMPLATES) if templates is None else tuple(templates)
+        self._drawn: dict[int, tuple[np.ndarray, str, list[dict]]] | None = {} if cache else None
         unknown = [t for t in self.templates if t not in TEMPLATES]
         if unknown or not self.templates:
             raise UserError(f"Unknown caption templates {unknown}; choose from {', '.join(TEMPLATES)}.")
@@ -168,8 +173,15 @@ class ShapesDataset(Dataset):
         return [t for t in fits if caption_split(objects, t) == self.split]
 
     def __getitem__(self, index: int) -> dict:
-        objects, text = self.scene(index)
-        pixels = render(objects, self.resolution, item_rng(self.seed, self.split, index, _RENDER))
+        drawn = None if self._drawn is None else self._drawn.get(index)
+        if drawn is None:
+            objects, text = self.scene(index)
+            drawn = render(objects, self.resolution, item_rng(self.seed, self.split, index, _RENDER)), text, objects
+            if self._drawn is not None:
+                self._drawn[index] = drawn
+        pixels, text, objects = drawn
+        if self._drawn is not None:  # the caller may change what it is given; the kept copy stays as drawn
+            objects = copy.deepcopy(objects)
         return {"image": to_tensor(pixels), "caption": text, "objects": objects}
 
 

@@ -154,6 +154,19 @@ class OpenCLIP(TextEncoder):
     def encode_images(self, images: torch.Tensor) -> torch.Tensor:
         """Images ``[B, 3, H, W]`` in [-1, 1] (as the datasets yield them) to L2-normalised embeddings
         ``[B, pooled_dim]``, in the space of the normalised pooled text embeddings (for CLIP score)."""
+        with self._grad_mode():
+            return F.normalize(self.model.encode_image(self._image_input(images)), dim=-1)
+
+    def encode_image_patches(self, images: torch.Tensor) -> torch.Tensor:
+        """Images ``[B, 3, H, W]`` in [-1, 1] to the image tower's last-block patch features ``[B, D, h, w]``
+        after its final norm (what representation alignment, REPA, pulls a denoiser's features toward)."""
+        with self._grad_mode():
+            out = self.model.visual.forward_intermediates(self._image_input(images), indices=1,
+                                                          normalize_intermediates=True, intermediates_only=True)
+        return out["image_intermediates"][-1]
+
+    def _image_input(self, images: torch.Tensor) -> torch.Tensor:
+        """Images in [-1, 1] as the image tower takes them: open_clip's resize, crop and normalisation."""
         cfg = self.model.visual.preprocess_cfg
         size = (cfg["size"], cfg["size"]) if isinstance(cfg["size"], int) else tuple(cfg["size"])  # (H, W)
         pixels = (images.to(self.device, torch.float32) + 1) / 2
@@ -163,6 +176,4 @@ class OpenCLIP(TextEncoder):
             pixels = TF.center_crop(pixels, list(size)).clamp(0, 1)
         mean = torch.tensor(cfg["mean"], device=self.device).view(1, 3, 1, 1)
         std = torch.tensor(cfg["std"], device=self.device).view(1, 3, 1, 1)
-        pixels = ((pixels - mean) / std).to(next(self.model.parameters()).dtype)
-        with self._grad_mode():
-            return F.normalize(self.model.encode_image(pixels), dim=-1)
+        return ((pixels - mean) / std).to(next(self.model.parameters()).dtype)

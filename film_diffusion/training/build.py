@@ -96,7 +96,8 @@ def build_denoiser(config: ExperimentConfig, channels: int, size: int, token_dim
         u = model.unet
         return UNet(block_out_channels=tuple(u.block_out_channels), layers_per_block=u.layers_per_block,
                     attention_levels=tuple(u.attention_levels), num_heads=u.num_heads,
-                    norm_num_groups=u.norm_num_groups, attention_pos_embed=u.attention_pos_embed, **common)
+                    norm_num_groups=u.norm_num_groups, attention_pos_embed=u.attention_pos_embed,
+                    coord_channels=u.coord_channels, **common)
     except ConfigError:
         raise
     except UserError as err:  # the model's own check, said against the config
@@ -113,7 +114,7 @@ def build_dataset(data: DataConfig, condition: ConditionConfig) -> Dataset:
                               f"{NUM_SCENE_CLASSES}.")
         try:
             scenes = ShapesDataset(data.resolution, "train", data.seed, data.max_objects, data.holdout or None,
-                                   data.length, data.min_objects, data.templates)
+                                   data.length, data.min_objects, data.templates, data.cache)
         except UserError as err:  # the dataset's own check, said against the config
             raise ConfigError(f"Config section 'data': {err}") from None
         return LabelledScenes(scenes) if labels else scenes

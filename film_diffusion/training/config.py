@@ -39,6 +39,7 @@ class UNetSize:
     num_heads: int = 4
     norm_num_groups: int = 32
     attention_pos_embed: bool = False  # a 2-D sine-cosine position embedding on the attention blocks' tokens
+    coord_channels: bool = False  # x and y of each pixel as two more input channels of the first convolution
 
 
 @dataclass
@@ -103,6 +104,8 @@ class DataConfig:
     holdout: list[list[str]] = field(default_factory=list)  # shapes: [colour, shape] pairs kept out of training
     templates: list[str] | None = field(default_factory=lambda: ["full"])  # shapes: wordings; None: all
     length: int | None = None  # shapes: scenes per epoch (default: the split's size)
+    cache: bool = False  # shapes: keep each drawn scene in memory (3 * resolution**2 bytes each), so that epochs
+    #                      after the first draw nothing: worth it when a run sees the scenes more than once
     num_workers: int = 0
 
 
@@ -142,6 +145,9 @@ class TrainConfig:
     mixed_precision: Literal["no", "bf16", "fp16"] = "bf16"
     gradient_checkpointing: bool = False  # recompute block activations in the backward pass: less memory
     compile: bool = False  # torch.compile the denoiser
+    repa_weight: float = 0.0  # representation alignment (REPA): weight of the loss pulling repa_block's features toward
+    #                           the built-in CLIP image tower's patch features of the clean image; 0: off (the paper: 0.5)
+    repa_block: str | None = None  # the aligned block, e.g. blocks.1 or down.1.res.0; None: an early one (docs/training.md)
     ema_decay: float = 0.999  # the EMA's decay; with ema_warmup, its ceiling
     # True: diffusers' EMAModel warm-up, the n-th update's decay is min(ema_decay, n / (n + 9)) (0.9955 at n = 2,000;
     # 0.999 from n = 8,991); False: ema_decay from the first update (the initial weights then fade as ema_decay^n)
@@ -300,6 +306,9 @@ def check_config(config: ExperimentConfig, num_processes: int | None = None) -> 
         what = {"folder": "the image folder with metadata.jsonl", "hf": "a folder of parquet or arrow files, or a "
                 "hub dataset id", "webdataset": "a folder of .tar shards or a brace pattern"}[data.name]
         raise ConfigError(f"Config key 'data.root' is required with data.name={data.name} ({what}).")
+    if data.cache and data.name != "shapes":
+        raise ConfigError(f"Config key 'data.cache' keeps drawn built-in scenes; data.name={data.name} reads its "
+                          "images from files: set data.cache: false.")
     if data.shuffle_window < 1:
         raise ConfigError(f"Config key 'data.shuffle_window' is {data.shuffle_window}; it must be at least 1.")
     if train.eval_every and data.name != "shapes":
@@ -329,3 +338,12 @@ def check_config(config: ExperimentConfig, num_processes: int | None = None) -> 
                               "use all), or set train.sharding to none.")
     if data.num_workers < 0:
         raise ConfigError(f"Config key 'data.num_workers' is {data.num_workers}; use 0 or more.")
+    if train.repa_weight < 0:
+        raise ConfigError(f"Config key 'train.repa_weight' is {train.repa_weight}; use 0 (off) or a positive weight.")
+    if train.repa_weight:
+        unsupported = {"train.sharding": train.sharding == "fsdp", "train.compile": train.compile,
+                       "train.gradient_checkpointing": train.gradient_checkpointing,
+                       "vae.precompute": config.vae.precompute}
+        if key := next((k for k, on in unsupported.items() if on), None):
+            raise ConfigError(f"Config key '{key}' is not supported with train.repa_weight (REPA reads one block's "
+                              "output and the clean pixels) yet; turn it off, or set train.repa_weight to 0.")

@@ -9,6 +9,7 @@ as a sampling pipeline folder (``RUN/pipeline``). Beside it: the data stream (:m
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import functools
 import math
@@ -33,6 +34,7 @@ from film_diffusion.training.lora import add_lora
 from film_diffusion.training.objectives import diffusion_loss, noise_scheduler, noisy_batch
 from film_diffusion.training.progress import RunProgress, nonfinite
 from film_diffusion.training.randomness import ShardedRandom
+from film_diffusion.training.repa import RepresentationAlignment
 from film_diffusion.training.run_folder import load_checkpoint, log_metrics, open_run, start_writing
 from film_diffusion.training.sharding import (
     EMACounters,
@@ -77,7 +79,9 @@ def train(config: ExperimentConfig, resume: str | None = None) -> Path:
         model.to(device)
         replica = copy.deepcopy(model).requires_grad_(False).eval() if accelerator.is_main_process else None
         shard(model)
+    repa = RepresentationAlignment(model, tc.repa_block, device) if tc.repa_weight else None
     trained = [parameter for parameter in model.parameters() if parameter.requires_grad]
+    trained += list(repa.alignment.parameters()) if repa else []  # the projector, trained beside the model
     optimizer = torch.optim.AdamW(trained, lr=tc.lr, betas=(tc.adam_beta1, tc.adam_beta2),
                                   weight_decay=tc.weight_decay)
     # The lr schedule counts optimizer steps and is stepped once per step by us, whatever the process count.
@@ -91,6 +95,8 @@ def train(config: ExperimentConfig, resume: str | None = None) -> Path:
         optimizer = accelerator.prepare(optimizer)
     else:
         model, optimizer = accelerator.prepare(model, optimizer)
+    if repa:  # prepared after the model: checkpoints hold it as the second model
+        repa.alignment = accelerator.prepare(repa.alignment)
     denoiser = accelerator.unwrap_model(model, keep_torch_compile=False)  # the module itself, for EMA and pipelines
     # the pipeline shares the weights it samples with: the denoiser's, or a sharded run's replica (main process)
     pipe = make_pipeline(denoiser if replica is None else replica, scheduler, encoder, vae, config)
@@ -120,16 +126,21 @@ def train(config: ExperimentConfig, resume: str | None = None) -> Path:
             tick = time.perf_counter()
             model.train()
             step_loss = torch.zeros((), device=device)
+            repa_loss = torch.zeros((), device=device)
             for i in range(accum):
                 batch = next(batches)
                 with gradient_sync(model, accelerator, sync=i == accum - 1):
                     x0 = clean_latents(vae, batch, random, device)
                     inputs = conditions(batch, random.rand(len(x0)) < tc.caption_dropout)
                     noisy = noisy_batch(config.objective, scheduler, x0, random)
-                    with accelerator.autocast():
+                    with accelerator.autocast(), repa.tap.active() if repa else contextlib.nullcontext():
                         prediction = model(noisy.x_t, noisy.timesteps, **inputs).sample
-                    loss = diffusion_loss(prediction, noisy, x0, scheduler)
-                    accelerator.backward(loss / accum)
+                    loss = objective = diffusion_loss(prediction, noisy, x0, scheduler)
+                    if repa:
+                        aligned = repa.loss(batch["image"].to(device))
+                        repa_loss += aligned.detach() / accum
+                        objective = loss + tc.repa_weight * aligned
+                    accelerator.backward(objective / accum)
                 step_loss += loss.detach() / accum
             loss_value = accelerator.reduce(step_loss, "mean").item()  # the same on every process
             grad_norm = as_float(accelerator.clip_grad_norm_(model.parameters(), tc.max_grad_norm)
@@ -157,6 +168,8 @@ def train(config: ExperimentConfig, resume: str | None = None) -> Path:
             if progress.step % tc.log_every == 0 or progress.step == tc.max_steps:
                 row = progress.take_log_row(lr, grad_norm, tc.batch_size, seconds, ema.last_decay,
                                             with_skipped=tc.skip_nonfinite)
+                if repa:  # this step's, not the window's mean
+                    row["repa_loss"] = accelerator.reduce(repa_loss, "mean").item()
                 bar.set_postfix(loss=f"{row['loss']:.4f}" if row["loss"] is not None else "skipped",
                                 img_s=f"{row['images_per_s']:.1f}")
                 log_metrics(run, accelerator, row)

@@ -170,3 +170,35 @@ def test_unet_attention_position_embedding_tells_tokens_apart_and_round_trips(tm
         assert loaded.config.attention_pos_embed
         assert torch.equal(loaded(sample, t, condition=text_condition()).sample,
                            placed(sample, t, condition=text_condition()).sample)
+
+
+@pytest.mark.parametrize("conditioning", [["film"], ["concat"]])
+def test_unet_coord_channels_tell_pixels_apart_and_round_trip(tmp_path, conditioning):
+    """With ``coord_channels`` the first convolution reads each pixel's x and y beside the image (and beside
+    concat's channels): on a constant image two interior pixels differ, where without the option they are equal;
+    a saved model loads with the option on and gives the same output."""
+    from film_diffusion.backbones.unet import UNet, pixel_coordinates
+
+    grid = pixel_coordinates(torch.zeros(2, 4, 3, 5))
+    assert grid.shape == (2, 2, 3, 5)
+    assert grid[0, 0, 1].tolist() == [-1.0, -0.5, 0.0, 0.5, 1.0] and grid[1, 1, :, 2].tolist() == [-1.0, 0.0, 1.0]
+    plain = randomize_(tiny_model("unet", conditioning))
+    placed = randomize_(tiny_model("unet", conditioning, coord_channels=True))
+    assert placed.conv_in.in_channels == plain.conv_in.in_channels + 2
+    sample, t = noisy_batch()
+    flat = torch.ones_like(sample)
+    with torch.no_grad():
+        seen = {}
+        for name, model in (("plain", plain), ("placed", placed)):
+            first = {}
+            hook = model.conv_in.register_forward_hook(lambda _m, _i, out, first=first: first.update(out=out))
+            model(flat, t, condition=text_condition())
+            hook.remove()
+            seen[name] = first["out"]
+        torch.testing.assert_close(seen["plain"][..., 2, 2], seen["plain"][..., 5, 5])
+        assert not torch.allclose(seen["placed"][..., 2, 2], seen["placed"][..., 5, 5])
+        placed.save_pretrained(tmp_path)
+        loaded = UNet.from_pretrained(tmp_path)
+        assert loaded.config.coord_channels
+        assert torch.equal(loaded(sample, t, condition=text_condition()).sample,
+                           placed(sample, t, condition=text_condition()).sample)

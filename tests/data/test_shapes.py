@@ -58,6 +58,24 @@ def test_same_seed_and_index_give_the_same_bytes_in_another_process():
     assert there[1] != there[0]
 
 
+def test_cached_items_equal_drawn_ones_and_are_drawn_once(monkeypatch):
+    """``cache=True`` gives the bytes, captions and objects of an uncached dataset, in any reading order; an item
+    read again is not drawn again; a caller changing its item's objects leaves the kept copy as drawn."""
+    import film_diffusion.data.shapes as shapes
+
+    plain, cached = ShapesDataset(max_objects=3), ShapesDataset(max_objects=3, cache=True)
+    draws = []
+    render = shapes.render
+    monkeypatch.setattr(shapes, "render", lambda *args: draws.append(1) or render(*args))
+    for i in [5, 2, 5, 9, 2, 0, 9]:
+        a, b = plain[i], cached[i]
+        assert torch.equal(a["image"], b["image"]) and a["caption"] == b["caption"] and a["objects"] == b["objects"]
+    assert len(draws) == 7 + 4  # the plain dataset draws every read; the cached one each of its 4 items once
+    cached[5]["objects"][0]["color"] = "nobody's"
+    cached[5]["image"].fill_(0)
+    assert cached[5]["objects"] == plain[5]["objects"] and torch.equal(cached[5]["image"], plain[5]["image"])
+
+
 def test_items_depend_on_seed_split_and_index_only():
     a, b = ShapesDataset(seed=0), ShapesDataset(seed=0)
     assert torch.equal(a[7]["image"], b[7]["image"]) and a[7]["caption"] == b[7]["caption"]

@@ -63,6 +63,11 @@ CASES = [
     ({"data": {"name": "webdataset", "root": "/no/such/shards-{000..009}.tar"}}, "'data.root' is "
      "'/no/such/shards-{000..009}.tar', which matches no .tar file", ""),
     ({"data": {"name": "hf"}}, "'data.root' is required with data.name=hf", ""),
+    ({"train": {"repa_weight": -1.0}}, "'train.repa_weight' is -1.0; use 0 (off) or a positive weight", ""),
+    ({"train": {"repa_weight": 0.5, "compile": True}}, "'train.compile' is not supported with train.repa_weight",
+     "set train.repa_weight to 0"),
+    ({"data": {"name": "folder", "root": ".", "cache": True}}, "'data.cache' keeps drawn built-in scenes; "
+     "data.name=folder reads its images from files", "data.cache: false"),
 ]
 
 
