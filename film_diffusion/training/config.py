@@ -104,8 +104,8 @@ class DataConfig:
     holdout: list[list[str]] = field(default_factory=list)  # shapes: [colour, shape] pairs kept out of training
     templates: list[str] | None = field(default_factory=lambda: ["full"])  # shapes: wordings; None: all
     length: int | None = None  # shapes: scenes per epoch (default: the split's size)
-    cache: bool = False  # shapes: keep each drawn scene in memory (3 * resolution**2 bytes each), so that epochs
-    #                      after the first draw nothing: worth it when a run sees the scenes more than once
+    cache: bool = False  # shapes: draw the `length` scenes once at the start and keep them in memory
+    #                      (3 * resolution**2 bytes each), so that training steps draw nothing
     num_workers: int = 0
 
 

@@ -58,22 +58,26 @@ def test_same_seed_and_index_give_the_same_bytes_in_another_process():
     assert there[1] != there[0]
 
 
-def test_cached_items_equal_drawn_ones_and_are_drawn_once(monkeypatch):
-    """``cache=True`` gives the bytes, captions and objects of an uncached dataset, in any reading order; an item
-    read again is not drawn again; a caller changing its item's objects leaves the kept copy as drawn."""
+def test_cached_items_equal_drawn_ones_and_reading_draws_nothing(monkeypatch):
+    """``cache=True`` draws every item when built and gives the bytes, captions and objects of an uncached
+    dataset, in any reading order, without drawing again; a caller changing its item leaves the kept copy as
+    drawn; an index out of range is still an IndexError."""
     import film_diffusion.data.shapes as shapes
 
-    plain, cached = ShapesDataset(max_objects=3), ShapesDataset(max_objects=3, cache=True)
     draws = []
     render = shapes.render
     monkeypatch.setattr(shapes, "render", lambda *args: draws.append(1) or render(*args))
-    for i in [5, 2, 5, 9, 2, 0, 9]:
+    plain, cached = ShapesDataset(max_objects=3), ShapesDataset(max_objects=3, length=12, cache=True)
+    assert len(draws) == 12
+    for i in [5, 2, 5, 11, 2, 0]:
         a, b = plain[i], cached[i]
         assert torch.equal(a["image"], b["image"]) and a["caption"] == b["caption"] and a["objects"] == b["objects"]
-    assert len(draws) == 7 + 4  # the plain dataset draws every read; the cached one each of its 4 items once
+    assert len(draws) == 12 + 6  # only the plain dataset drew
     cached[5]["objects"][0]["color"] = "nobody's"
     cached[5]["image"].fill_(0)
     assert cached[5]["objects"] == plain[5]["objects"] and torch.equal(cached[5]["image"], plain[5]["image"])
+    with pytest.raises(IndexError):
+        cached[12]
 
 
 def test_items_depend_on_seed_split_and_index_only():
