@@ -6,19 +6,23 @@
     python benchmarks/quickstart_sweep.py --table            # print the table of what is measured
 
 Each variant is ``configs/quickstart.yaml`` with a few overrides, trained by ``film-diffusion train`` in
-its own run folder (``runs/sweep/NAME``) and scored at its last step on the quickstart's held-out
-one-object captions (full wording, 256 scenes, fixed noise). Variants marked ``sampling`` retrain
+its own run folder (``runs/sweep/NAME``) and scored at its last step (and every ``eval_every`` steps, the
+curve kept in its JSON) on the quickstart's one-object captions of the **val split** (full wording, 256 scenes,
+fixed noise). The sweep tunes, so nothing here reads the test split: the README's test figures come from
+``film-diffusion evaluate RUN --split test`` on the chosen recipe only. Variants marked ``sampling`` retrain
 nothing: they score another variant's finished pipeline with other sampler settings. A finished variant
 writes ``docs/quickstart_sweep/NAME.json`` and is never run again; an interrupted one resumes from its
 newest checkpoint. Minutes are wall-clock of the whole ``train`` command (training, grids, the final
-evaluation), taken on an otherwise idle machine: run one sweep at a time. A resumed variant's minutes
-count only its last sitting, and its row says so.
+evaluation), taken on an otherwise idle machine: run one sweep at a time (the JSON keeps the load average at
+the end; above the core count, something else ran beside it). A resumed variant's minutes count only its last
+sitting, and its row says so.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -46,11 +50,24 @@ FAST = UNTUNED + ["model.dit.patch_size=4", "model.dit.hidden_size=192", "model.
         "train.checkpoint_every=500", "train.log_every=50", "sample.guidance_scale=2.0"]
 
 
+# The second sweep (2026-12-07): the quickstart on the U-Net, in float32 (bf16 is 16x slower than float32 on a CPU
+# without bf16 instructions, such as this machine's), scored on val every 250 steps so that each row has its curve.
+UNET = ["model.backbone=unet", "model.conditioning=[film]", "model.unet.block_out_channels=[16,32,64]",
+        "model.unet.layers_per_block=1", "model.unet.attention_levels=[]", "model.unet.num_heads=4",
+        "model.unet.norm_num_groups=8", "model.unet.attention_pos_embed=false", "model.unet.coord_channels=false",
+        "objective.prediction=flow", "objective.min_snr_gamma=null", "objective.logit_mean=0.0",
+        "train.mixed_precision=no", "train.max_steps=1000", "train.batch_size=32", "train.lr=0.001",
+        "train.warmup_steps=100", "train.ema_decay=0.999", "train.caption_dropout=0.1", "train.repa_weight=0.0",
+        "train.sample_every=0", "train.checkpoint_every=250", "data.max_objects=1", "data.length=null",
+        "data.cache=false", "sample.steps=20", "sample.guidance_scale=2.0"]
+
+
 @dataclass
 class Variant:
     note: str
     overrides: list[str] = field(default_factory=list)
     sampling: str | None = None  # score this variant's pipeline instead of training
+    eval_every: int | None = None  # score on val every this many steps too (None: at the last step only)
 
 
 VARIANTS: dict[str, Variant] = {
@@ -100,6 +117,19 @@ VARIANTS: dict[str, Variant] = {
                                 sampling="quickstart"),
     "flow-guidance3": Variant("the quickstart sampled with guidance 3", ["sample.guidance_scale=3"],
                               sampling="quickstart"),
+    "unet": Variant("U-Net 16-32-64, one ResBlock a level, attention in the middle only, FiLM, flow, float32, "
+                    "1,000 steps", UNET, eval_every=250),
+    "unet+repa": Variant("unet with REPA 0.5 (the built-in CLIP image tower, block down.1.res.0)",
+                         UNET + ["train.repa_weight=0.5"], eval_every=250),
+    "unet+lr2e-3": Variant("unet with lr 2e-3", UNET + ["train.lr=0.002"], eval_every=250),
+    "unet+coords": Variant("unet with coordinate input channels", UNET + ["model.unet.coord_channels=true"],
+                           eval_every=250),
+    "unet32": Variant("unet with channels 32-64-64 (about 2x the step)",
+                      UNET + ["model.unet.block_out_channels=[32,64,64]", "model.unet.norm_num_groups=16"],
+                      eval_every=250),
+    "unet+xattn": Variant("unet with FiLM and cross-attention (middle block, position embedding)",
+                          UNET + ["model.conditioning=[film,cross_attention]",
+                                  "model.unet.attention_pos_embed=true"], eval_every=250),
 }
 
 
@@ -115,7 +145,7 @@ def run_variant(name: str, variant: Variant) -> dict:
     else:
         last = max_steps(variant.overrides)
         command = ["film-diffusion", "train", str(ROOT / "configs" / "quickstart.yaml"), f"output_dir={run}",
-                   *variant.overrides, f"train.eval_every={last}"]
+                   *variant.overrides, f"train.eval_every={variant.eval_every or last}"]
         if list(run.glob("checkpoints/checkpoint-[0-9]*[0-9]")):  # complete ones: a kill leaves *.partial
             command += ["--resume", "latest"]
             resumed = True
@@ -123,10 +153,16 @@ def run_variant(name: str, variant: Variant) -> dict:
             shutil.rmtree(run)
         subprocess.run(command, check=True)
         rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
-        scores = {k.removeprefix("eval/"): v for k, v in rows[-1].items() if k.startswith("eval/")}
+        curve = [{"step": row["step"], "train_seconds": row["train_seconds"],
+                  **{k.removeprefix("eval/"): v for k, v in row.items() if k.startswith("eval/")}}
+                 for row in rows if "eval/all" in row]
+        scores = {k: v for k, v in curve[-1].items() if k not in ("step", "train_seconds")}
         steps = last
+    # The 1-minute load average at the end: above the core count, something else ran and the minutes are not idle.
     return {"name": name, "note": variant.note, "overrides": variant.overrides, "sampling": variant.sampling,
-            "steps": steps, "minutes": (time.perf_counter() - start) / 60, "resumed": resumed, **scores}
+            "steps": steps, "minutes": (time.perf_counter() - start) / 60, "resumed": resumed,
+            "load_average": os.getloadavg()[0], "threads": os.environ.get("OMP_NUM_THREADS"), **scores,
+            **({"curve": curve} if not variant.sampling else {})}
 
 
 def max_steps(overrides: list[str]) -> int:

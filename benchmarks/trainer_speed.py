@@ -12,8 +12,8 @@ times in turn (the table gives the median of each):
 - ``diffusers loop``: a plain Accelerate loop as diffusers' training scripts write it, training
   ``DiTTransformer2DModel`` of the same width, depth, heads and patch with ``DDPMScheduler``, EMA and
   gradient clipping, on the same scenes and precision.
-Two models: the quickstart itself (text, FiLM), and the same size with class labels and adaLN-Zero, the
-conditioning diffusers' DiT has, so that the diffusers loop trains the same network as ours.
+Two models: the config's own (the quickstart: text), and the config's DiT size with class labels and adaLN-Zero,
+the conditioning diffusers' DiT has, so that the diffusers loop trains the same network as ours.
 """
 
 from __future__ import annotations
@@ -42,7 +42,7 @@ from film_diffusion.training.inputs import ConditionMaker
 from film_diffusion.training.trainer import train
 
 ROOT = Path(__file__).resolve().parent.parent
-LABELS = ["condition.source=class_labels", f"condition.num_classes={NUM_SCENE_CLASSES}",
+LABELS = ["model.backbone=dit", "condition.source=class_labels", f"condition.num_classes={NUM_SCENE_CLASSES}",
           "model.conditioning=[adaln_zero]"]
 
 
@@ -147,7 +147,8 @@ def main() -> None:
     accelerator = Accelerator(mixed_precision=load_experiment(args.config, quiet).train.mixed_precision,
                               cpu=args.device == "cpu")
     sync = torch.cuda.synchronize if args.device == "cuda" else (lambda: None)
-    models = {"quickstart (text, FiLM + cross-attention)": [], "class labels, adaLN-Zero": LABELS}
+    models = {f"{Path(args.config).stem} ({load_experiment(args.config, quiet).model.backbone})": [],
+              "DiT, class labels, adaLN-Zero": LABELS}
     rates: dict[tuple[str, str], list[float]] = {}
     with tempfile.TemporaryDirectory() as tmp:
         for r in range(args.rounds):
@@ -164,10 +165,13 @@ def main() -> None:
                     rates.setdefault((model_name, loop_name), []).append(rate)
                     print(f"round {r + 1}: {model_name}, {loop_name}: {rate:.1f} images/s", flush=True)
     config = load_experiment(args.config, quiet)
-    dit = config.model.dit
-    print(f"\nDiT width {dit.hidden_size}, depth {dit.depth}, patch {dit.patch_size}, {config.data.resolution} px, "
-          f"batch {config.train.batch_size}, mixed precision {config.train.mixed_precision}, {args.device}, "
-          f"median of {args.rounds} rounds of {args.steps} steps\n")
+    dit, unet = config.model.dit, config.model.unet
+    own = (f"U-Net channels {unet.block_out_channels}, attention levels {unet.attention_levels}"
+           if config.model.backbone == "unet" else f"DiT width {dit.hidden_size}, depth {dit.depth}")
+    print(f"\n{own}; the labelled DiT width {dit.hidden_size}, depth {dit.depth}, patch {dit.patch_size}; "
+          f"{config.data.resolution} px, batch {config.train.batch_size}, data.cache {config.data.cache}, mixed "
+          f"precision {config.train.mixed_precision}, {args.device}, median of {args.rounds} rounds of {args.steps} "
+          "steps\n")
     print("| model | trainer images/s | model step images/s | trainer / model step | diffusers loop images/s "
           "| trainer / diffusers |")
     print("|---|---:|---:|---:|---:|---:|")

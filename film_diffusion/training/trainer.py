@@ -98,6 +98,7 @@ def train(config: ExperimentConfig, resume: str | None = None) -> Path:
     if repa:  # prepared after the model: checkpoints hold it as the second model
         repa.alignment = accelerator.prepare(repa.alignment)
     denoiser = accelerator.unwrap_model(model, keep_torch_compile=False)  # the module itself, for EMA and pipelines
+    clipped = list(model.parameters()) + (list(repa.alignment.parameters()) if repa else [])  # one norm over both
     # the pipeline shares the weights it samples with: the denoiser's, or a sharded run's replica (main process)
     pipe = make_pipeline(denoiser if replica is None else replica, scheduler, encoder, vae, config)
     ema = RunEMA(denoiser.parameters(), decay=tc.ema_decay, warmup=tc.ema_warmup)  # sharded: a shard per process
@@ -143,7 +144,7 @@ def train(config: ExperimentConfig, resume: str | None = None) -> Path:
                     accelerator.backward(objective / accum)
                 step_loss += loss.detach() / accum
             loss_value = accelerator.reduce(step_loss, "mean").item()  # the same on every process
-            grad_norm = as_float(accelerator.clip_grad_norm_(model.parameters(), tc.max_grad_norm)
+            grad_norm = as_float(accelerator.clip_grad_norm_(clipped, tc.max_grad_norm)
                                  if tc.max_grad_norm and math.isfinite(loss_value) else None)
             problem = nonfinite(loss_value, grad_norm, scaled=tc.mixed_precision == "fp16")
             if problem and not tc.skip_nonfinite:
