@@ -33,6 +33,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "docs" / "quickstart_sweep"
 RUNS = ROOT / "runs" / "sweep"
+SPEEDS = RESULTS / "speeds.json"
 SCORES = ("color", "shape", "size", "position", "all", "fid")
 
 # Every key a variant may change is spelled out, so a variant means the same whatever the quickstart's
@@ -184,14 +185,55 @@ def score_pipeline(run: Path, overrides: list[str]) -> dict[str, float]:
     return {k.removeprefix("eval/"): v for k, v in evaluate(pipe, config).items()}
 
 
+def measure_speeds(names: list[str]) -> None:
+    """Each training variant's trainer images/s (``film-diffusion train`` itself, 60 steps, the first window left
+    out), measured back to back on this machine now and kept in ``speeds.json``: the equal-minute accounting of
+    variants that ran beside other work. Run it with nothing else running."""
+    import tempfile
+
+    from trainer_speed import trainer_rate
+
+    from film_diffusion.training.config import load_experiment
+
+    speeds = json.loads(SPEEDS.read_text()) if SPEEDS.exists() else {}
+    quiet = ["train.max_steps=60", "train.log_every=10", "train.sample_every=0", "train.eval_every=0",
+             "train.checkpoint_every=0"]
+    with tempfile.TemporaryDirectory() as tmp:
+        for name in (n for n in names if not VARIANTS[n].sampling):
+            config = load_experiment(ROOT / "configs" / "quickstart.yaml", [*VARIANTS[name].overrides, *quiet])
+            rate = trainer_rate(config, Path(tmp) / name)
+            speeds[name] = {"images_per_s": rate, "cpu": cpu_name(), "date": time.strftime("%Y-%m-%d"),
+                            "load_average": os.getloadavg()[0]}
+            print(f"{name}: {rate:.1f} images/s", flush=True)
+            SPEEDS.write_text(json.dumps(speeds, indent=1) + "\n")
+
+
+def cpu_name() -> str:
+    """The CPU's model name (Linux), with the core count."""
+    lines = Path("/proc/cpuinfo").read_text().splitlines() if Path("/proc/cpuinfo").exists() else []
+    model = next((line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")), "unknown CPU")
+    return f"{model}, {os.cpu_count()} cores"
+
+
 def table(rows: list[dict]) -> str:
-    lines = ["| variant | what changed | steps | minutes | colour | shape | size | position | all | FID |",
-             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    """One row per variant; "idle train minutes" is its steps at the images/s ``--speed`` measured (where it has
+    one): the minutes to compare when variants ran beside other work."""
+    speeds = json.loads(SPEEDS.read_text()) if SPEEDS.exists() else {}
+    lines = ["| variant | what changed | steps | minutes | idle train minutes | colour | shape | size | position | "
+             "all | FID |", "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for row in rows:
         figures = " | ".join(f"{row[k]:.2f}" if k == "fid" else f"{row[k]:.3f}" for k in SCORES)
         minutes = f"{row['minutes']:.1f}" + (" (resumed: last sitting)" if row.get("resumed") else "")
-        lines.append(f"| {row['name']} | {row['note']} | {row['steps']} | {minutes} | {figures} |")
+        speed = speeds.get(row["name"])
+        idle = f"{row['steps'] * batch_size(row['overrides']) / speed['images_per_s'] / 60:.1f}" if speed else "-"
+        lines.append(f"| {row['name']} | {row['note']} | {row['steps']} | {minutes} | {idle} | {figures} |")
     return "\n".join(lines)
+
+
+def batch_size(overrides: list[str]) -> int:
+    from film_diffusion.training.config import load_experiment
+
+    return load_experiment(ROOT / "configs" / "quickstart.yaml", overrides).train.batch_size
 
 
 def measured() -> list[dict]:
@@ -204,6 +246,8 @@ def main() -> None:
     parser.add_argument("--only", help="comma-separated variant names (default: every variant not yet measured)")
     parser.add_argument("--list", action="store_true", help="list the variants and exit")
     parser.add_argument("--table", action="store_true", help="print the table of measured variants and exit")
+    parser.add_argument("--speed", action="store_true", help="measure the training variants' images/s (all, or "
+                        "--only) on this machine, with nothing else running, and exit")
     args = parser.parse_args()
     if args.list:
         for name, variant in VARIANTS.items():
@@ -214,6 +258,9 @@ def main() -> None:
     if unknown:
         raise SystemExit(f"Unknown variants {unknown}; see --list.")
     RESULTS.mkdir(parents=True, exist_ok=True)
+    if args.speed:
+        measure_speeds(names)
+        return
     for name in [] if args.table else names:
         if (RESULTS / f"{name}.json").exists():
             continue
