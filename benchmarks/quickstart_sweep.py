@@ -62,6 +62,10 @@ UNET = ["model.backbone=unet", "model.conditioning=[film]", "model.unet.block_ou
         "train.sample_every=0", "train.checkpoint_every=250", "data.max_objects=1", "data.length=null",
         "data.cache=false", "sample.steps=20", "sample.guidance_scale=2.0"]
 
+XATTN = ["model.conditioning=[film,cross_attention]", "model.unet.attention_levels=[2]",
+         "model.unet.attention_pos_embed=true"]
+
+
 
 @dataclass
 class Variant:
@@ -128,9 +132,15 @@ VARIANTS: dict[str, Variant] = {
     "unet32": Variant("unet with channels 32-64-64 (about 2x the step)",
                       UNET + ["model.unet.block_out_channels=[32,64,64]", "model.unet.norm_num_groups=16"],
                       eval_every=250),
-    "unet+xattn": Variant("unet with FiLM and cross-attention (middle block, position embedding)",
-                          UNET + ["model.conditioning=[film,cross_attention]",
-                                  "model.unet.attention_pos_embed=true"], eval_every=250),
+    "unet+xattn": Variant("unet with FiLM and cross-attention (8x8 level and middle, position embedding)",
+                          UNET + XATTN, eval_every=250),
+    "unet+xattn+repa": Variant("unet+xattn with REPA 0.5", UNET + XATTN + ["train.repa_weight=0.5"],
+                               eval_every=250),
+    "unet+xattn+repa+lr2e-3": Variant("unet+xattn with REPA 0.5 and lr 2e-3",
+                                      UNET + XATTN + ["train.repa_weight=0.5", "train.lr=0.002"], eval_every=250),
+    "unet+xattn16+repa+lr2e-3": Variant("unet+xattn+repa+lr2e-3 with attention at 16x16 too",
+                                        UNET + XATTN + ["model.unet.attention_levels=[1,2]", "train.repa_weight=0.5",
+                                                        "train.lr=0.002"], eval_every=250),
 }
 
 
