@@ -137,23 +137,22 @@ class ShapesDataset(Dataset):
         self.pairs = _pairs_for(split, self.holdout)
         self.length = DEFAULT_LENGTH[split] if length is None else length
         self.templates = tuple(TEMPLATES) if templates is None else tuple(templates)
-        self._drawn: list[tuple[np.ndarray, str, list[dict]]] | None = None
-        if cache:
-            indices = tqdm(range(self.length), desc="drawing scenes", leave=False, disable=self.length < 10_000)
-            self._drawn = [self._draw(index) for index in indices]
         unknown = [t for t in self.templates if t not in TEMPLATES]
         if unknown or not self.templates:
             raise UserError(f"Unknown caption templates {unknown}; choose from {', '.join(TEMPLATES)}.")
         if all(TEMPLATES[t].min_objects > min_objects for t in self.templates):
             raise UserError(f"No chosen template can caption a scene of {min_objects} object(s); add 'full'.")
+        self._drawn: list[tuple[np.ndarray, str, list[dict]]] | None = None
+        if cache:  # once every argument is checked
+            indices = tqdm(range(self.length), desc="drawing scenes", leave=False, disable=self.length < 10_000)
+            self._drawn = [self._draw(index) for index in indices]
 
     def __len__(self) -> int:
         return self.length
 
     def scene(self, index: int) -> tuple[list[dict], str]:
         """The objects and caption of item ``index`` without rendering it (cheap)."""
-        if not 0 <= index < self.length:
-            raise IndexError(f"Index {index} is out of range for a dataset of {self.length} items.")
+        self._check_index(index)
         rng = item_rng(self.seed, self.split, index, _SCENE)
         for _ in range(MAX_DRAWS):  # redraw until the scene, and a caption of it, belong to this split
             objects = sample_objects(rng, self.min_objects, self.max_objects, self.pairs)
@@ -176,6 +175,10 @@ class ShapesDataset(Dataset):
             return []
         return [t for t in fits if caption_split(objects, t) == self.split]
 
+    def _check_index(self, index: int) -> None:
+        if not 0 <= index < self.length:
+            raise IndexError(f"Index {index} is out of range for a dataset of {self.length} items.")
+
     def _draw(self, index: int) -> tuple[np.ndarray, str, list[dict]]:
         objects, text = self.scene(index)
         return render(objects, self.resolution, item_rng(self.seed, self.split, index, _RENDER)), text, objects
@@ -184,8 +187,7 @@ class ShapesDataset(Dataset):
         if self._drawn is None:
             pixels, text, objects = self._draw(index)
         else:
-            if not 0 <= index < self.length:
-                raise IndexError(f"Index {index} is out of range for a dataset of {self.length} items.")
+            self._check_index(index)  # a list would also take a negative index
             pixels, text, objects = self._drawn[index]
             objects = copy.deepcopy(objects)  # the caller may change what it is given; the kept copy stays as drawn
         return {"image": to_tensor(pixels), "caption": text, "objects": objects}

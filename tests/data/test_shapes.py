@@ -150,6 +150,8 @@ def test_bad_arguments_are_user_errors():
         ShapesDataset(max_objects=10)
     with pytest.raises(UserError, match="can caption a scene of 1 object"):
         ShapesDataset(templates=["relation"])
+    with pytest.raises(UserError, match=r"Unknown caption templates \['fancy'\]"):
+        ShapesDataset(templates=["fancy"], length=4, cache=True)  # checked before anything is drawn
 
 
 def test_templates_can_be_restricted_without_changing_the_scene():
