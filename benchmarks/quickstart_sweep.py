@@ -29,6 +29,10 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from film_diffusion.training.config import ExperimentConfig
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "docs" / "quickstart_sweep"
@@ -64,7 +68,6 @@ UNET = ["model.backbone=unet", "model.conditioning=[film]", "model.unet.block_ou
 
 XATTN = ["model.conditioning=[film,cross_attention]", "model.unet.attention_levels=[2]",
          "model.unet.attention_pos_embed=true"]
-
 
 
 @dataclass
@@ -154,7 +157,7 @@ def run_variant(name: str, variant: Variant) -> dict:
         steps = json.loads((RESULTS / f"{variant.sampling}.json").read_text())["steps"]
         scores = score_pipeline(run, variant.overrides)
     else:
-        last = max_steps(variant.overrides)
+        last = variant_config(variant.overrides).train.max_steps
         command = ["film-diffusion", "train", str(ROOT / "configs" / "quickstart.yaml"), f"output_dir={run}",
                    *variant.overrides, f"train.eval_every={variant.eval_every or last}"]
         if list(run.glob("checkpoints/checkpoint-[0-9]*[0-9]")):  # complete ones: a kill leaves *.partial
@@ -176,10 +179,11 @@ def run_variant(name: str, variant: Variant) -> dict:
             **({"curve": curve} if not variant.sampling else {})}
 
 
-def max_steps(overrides: list[str]) -> int:
+def variant_config(overrides: list[str]) -> ExperimentConfig:
+    """The quickstart config with a variant's overrides, as ``film-diffusion train`` reads it."""
     from film_diffusion.training.config import load_experiment
 
-    return load_experiment(ROOT / "configs" / "quickstart.yaml", overrides).train.max_steps
+    return load_experiment(ROOT / "configs" / "quickstart.yaml", overrides)
 
 
 def score_pipeline(run: Path, overrides: list[str]) -> dict[str, float]:
@@ -203,14 +207,12 @@ def measure_speeds(names: list[str]) -> None:
 
     from trainer_speed import trainer_rate
 
-    from film_diffusion.training.config import load_experiment
-
     speeds = json.loads(SPEEDS.read_text()) if SPEEDS.exists() else {}
     quiet = ["train.max_steps=60", "train.log_every=10", "train.sample_every=0", "train.eval_every=0",
              "train.checkpoint_every=0"]
     with tempfile.TemporaryDirectory() as tmp:
         for name in (n for n in names if not VARIANTS[n].sampling):
-            config = load_experiment(ROOT / "configs" / "quickstart.yaml", [*VARIANTS[name].overrides, *quiet])
+            config = variant_config([*VARIANTS[name].overrides, *quiet])
             rate = trainer_rate(config, Path(tmp) / name)
             speeds[name] = {"images_per_s": rate, "cpu": cpu_name(), "date": time.strftime("%Y-%m-%d"),
                             "load_average": os.getloadavg()[0]}
@@ -235,15 +237,11 @@ def table(rows: list[dict]) -> str:
         figures = " | ".join(f"{row[k]:.2f}" if k == "fid" else f"{row[k]:.3f}" for k in SCORES)
         minutes = f"{row['minutes']:.1f}" + (" (resumed: last sitting)" if row.get("resumed") else "")
         speed = speeds.get(row["name"])
-        idle = f"{row['steps'] * batch_size(row['overrides']) / speed['images_per_s'] / 60:.1f}" if speed else "-"
+        images = row["steps"] * variant_config(row["overrides"]).train.batch_size if speed else 0
+        idle = f"{images / speed['images_per_s'] / 60:.1f}" if speed else "-"
         lines.append(f"| {row['name']} | {row['note']} | {row['steps']} | {minutes} | {idle} | {figures} |")
     return "\n".join(lines)
 
-
-def batch_size(overrides: list[str]) -> int:
-    from film_diffusion.training.config import load_experiment
-
-    return load_experiment(ROOT / "configs" / "quickstart.yaml", overrides).train.batch_size
 
 
 def measured() -> list[dict]:
