@@ -145,9 +145,11 @@ class TrainConfig:
     mixed_precision: Literal["no", "bf16", "fp16"] = "bf16"
     gradient_checkpointing: bool = False  # recompute block activations in the backward pass: less memory
     compile: bool = False  # torch.compile the denoiser
-    repa_weight: float = 0.0  # representation alignment (REPA): weight of the loss pulling repa_block's features toward
-    #                           the built-in CLIP image tower's patch features of the clean image; 0: off (the paper: 0.5)
-    repa_block: str | None = None  # the aligned block, e.g. blocks.1 or down.1.res.0; None: an early one (docs/training.md)
+    repa_weight: float = 0.0  # representation alignment (REPA): weight of the loss pulling repa_block's features
+    #                           toward the built-in CLIP image tower's patch features of the clean image; 0: off
+    #                           (the paper: 0.5)
+    repa_block: str | None = None  # the aligned block, e.g. blocks.1 or down.1.res.0; None: an early one
+    #                                (docs/training.md)
     ema_decay: float = 0.999  # the EMA's decay; with ema_warmup, its ceiling
     # True: diffusers' EMAModel warm-up, the n-th update's decay is min(ema_decay, n / (n + 9)) (0.9955 at n = 2,000;
     # 0.999 from n = 8,991); False: ema_decay from the first update (the initial weights then fade as ema_decay^n)
