@@ -5,9 +5,10 @@ A compare config names the experiment every run starts from (``base``, a YAML fi
 that differ from it) and a ``matrix``: experiment keys, each with a list of values; the runs are every
 combination, in the order the matrix lists them. Every run therefore has the same data order, seeds, steps,
 batch and precision, except where the matrix varies them. Runs go one after another, each in its own process
-(``RUN/`` under ``OUTPUT/runs/``), so each one's speed and memory are its own; the comparison resumes run by
-run: a finished run (its ``pipeline/`` written) is never trained again, an interrupted one continues from
-its newest complete checkpoint.
+(``RUN/`` under ``OUTPUT/runs/``), so each one's speed and memory are its own. Each run is trained, scored
+(``evaluate``), measured and kept as a record (:mod:`.records`, under ``REPORT/runs/``) before the next one starts,
+and the report is made from the records. The comparison resumes run by run: a kept run is never trained again, nor
+is a finished one (its ``pipeline/`` written); an interrupted one continues from its newest complete checkpoint.
 """
 
 from __future__ import annotations
@@ -31,8 +32,9 @@ from film_diffusion.studies.plan import (
     plan_runs,
     yaml_value,
 )
-from film_diffusion.studies.report import write_report
-from film_diffusion.studies.suite_report import score_runs
+from film_diffusion.studies.records import is_kept, keep, record_settings
+from film_diffusion.studies.report import measure_run, write_report
+from film_diffusion.studies.suite_report import score_run
 from film_diffusion.training.build import build_encoder
 from film_diffusion.training.config import ExperimentConfig, load_experiment
 
@@ -94,18 +96,33 @@ def size_runs(runs: list[PlannedRun], measure: str, inputs: ModelInputs, match_t
     return sizing
 
 
-def run_all(runs: list[PlannedRun], source_file: Path, launcher: list[str]) -> None:
-    """Train every unfinished run, one process each, resuming where a checkpoint is complete."""
+def run_all(runs: list[PlannedRun], config: CompareConfig, source_file: Path) -> None:
+    """Complete every run not kept yet, one after another: train it (resuming where a checkpoint is complete),
+    score it, measure it, keep its record."""
+    settings = record_settings(config)
     for i, run in enumerate(runs, 1):
-        check_same_experiment(run)
+        if is_kept(run, settings):
+            check_same_experiment(run, run.record)
+            print(f"[{i}/{len(runs)}] {run.name}: kept in {run.record}, not trained again")
+            continue
+        check_same_experiment(run, run.folder)
         if run.finished:
             print(f"[{i}/{len(runs)}] {run.name}: finished, not trained again")
-            continue
-        resume = run.folder.exists()  # the trainer restarts a run stopped before its first checkpoint
-        print(f"[{i}/{len(runs)}] {run.name}: {'resuming' if resume else 'training'}", flush=True)
-        command = [*(launcher or [sys.executable]), "-m", "film_diffusion.cli", "train", str(source_file),
-                   *run.overrides, f"output_dir={run.folder}", *(["--resume", "latest"] if resume else [])]
-        launch(command, run.name)
+        else:
+            train(run, source_file, config.launcher, f"[{i}/{len(runs)}] ")
+        if config.evaluate is not None:
+            score_run(run, config.evaluate)
+        measure_run(run, config.grid_seed)
+        keep(run, settings)
+
+
+def train(run: PlannedRun, source_file: Path, launcher: list[str], counter: str = "") -> None:
+    """One run's training, in its own process, resuming where a checkpoint is complete."""
+    resume = run.folder.exists()  # the trainer restarts a run stopped before its first checkpoint
+    print(f"{counter}{run.name}: {'resuming' if resume else 'training'}", flush=True)
+    command = [*(launcher or [sys.executable]), "-m", "film_diffusion.cli", "train", str(source_file),
+               *run.overrides, f"output_dir={run.folder}", *(["--resume", "latest"] if resume else [])]
+    launch(command, run.name)
 
 
 def launch(command: list[str], name: str) -> None:
@@ -120,10 +137,11 @@ def launch(command: list[str], name: str) -> None:
                         "same compare command again: finished runs are kept.")
 
 
-def check_same_experiment(run: PlannedRun) -> None:
-    """A run folder left by an earlier sitting must hold the experiment the matrix now asks for. A key its config
-    lacks (added to film-diffusion since) counts at its default, which keeps the behaviour from before the key."""
-    saved = run.folder / "config.yaml"
+def check_same_experiment(run: PlannedRun, folder: Path) -> None:
+    """A run folder or record left by an earlier sitting must hold the experiment the matrix now asks for. A key
+    its config lacks (added to film-diffusion since) counts at its default, which keeps the behaviour from before
+    the key."""
+    saved = folder / "config.yaml"
     if not saved.is_file():
         return
     try:
@@ -137,8 +155,9 @@ def check_same_experiment(run: PlannedRun) -> None:
     changed = [k for k in now if before.get(k, defaults.get(k)) != now[k]]
     if changed:
         key = changed[0]
-        raise UserError(f"Run folder '{run.folder}' was trained with another config ({key} was {before.get(key)!r}, "
-                        f"now {now[key]!r}); restore the compare config, or choose another output_dir.")
+        raise UserError(f"'{folder}' holds run '{run.name}' trained with another config ({key} was "
+                        f"{before.get(key)!r}, now {now[key]!r}); restore the compare config, or choose another "
+                        "output_dir (and report_dir).")
 
 
 def prepare(config: CompareConfig) -> tuple[list[PlannedRun], dict[str, dict]]:
@@ -150,8 +169,8 @@ def prepare(config: CompareConfig) -> tuple[list[PlannedRun], dict[str, dict]]:
 
 
 def compare(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Path:
-    """Plan, size, train what is unfinished, score what is unscored (``evaluate``), then write the report; returns
-    the report's folder."""
+    """Plan, size, complete every run not kept yet (train, score with ``evaluate``, measure, keep), then write the
+    report; returns the report's folder."""
     config = load_compare(path, overrides)
     runs, sizing = prepare(config)
     out = Path(config.output_dir)
@@ -159,9 +178,7 @@ def compare(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Pa
     source_file = out / "experiment.yaml"
     source_file.write_text(yaml.safe_dump(experiment_source(config), sort_keys=False))
     (out / "compare.yaml").write_text(yaml.safe_dump(config_to_dict(config), sort_keys=False))
-    run_all(runs, source_file, config.launcher)
-    if config.evaluate is not None:
-        score_runs(runs, config.evaluate)
+    run_all(runs, config, source_file)
     report = Path(config.report_dir or out)
     report.mkdir(parents=True, exist_ok=True)
     return write_report(report, runs, config, sizing)

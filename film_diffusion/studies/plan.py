@@ -47,12 +47,14 @@ class CompareConfig:
 
 @dataclass
 class PlannedRun:
-    """One cell of the matrix: its name, its matrix values and the experiment it trains."""
+    """One cell of the matrix: its name, its matrix values, the experiment it trains and where its record is kept
+    (:mod:`.records`)."""
 
     name: str
     values: dict[str, Any]
     overrides: list[str]
     config: ExperimentConfig
+    record: Path
 
     @property
     def folder(self) -> Path:
@@ -130,7 +132,8 @@ def plan_runs(config: CompareConfig) -> list[PlannedRun]:
             experiment = load_experiment(source, [*overrides, f"output_dir={config.output_dir / 'runs' / name}"])
         except ConfigError as err:
             raise ConfigError(f"Run '{name}' of the matrix: {err}") from None
-        runs.append(PlannedRun(name, values, overrides, experiment))
+        record = (config.report_dir or config.output_dir) / "runs" / name
+        runs.append(PlannedRun(name, values, overrides, experiment, record))
     names = [r.name for r in runs]
     if len(set(names)) != len(names):
         raise ConfigError("Two matrix cells get the same run name; make the values of each matrix key distinct.")

@@ -4,7 +4,8 @@ against training seconds, and one grid of every run's samples from the same capt
 set, the benchmark suite's section too (:mod:`.suite_report`).
 
 Per run, what needs the model (parameters, FLOPs, the peak memory of a training step, the grid's images) is
-measured once from its saved pipeline and kept in ``RUN/compare_measures.json`` and ``RUN/compare_samples/``.
+measured once from its saved pipeline (``measure_run``) into ``RUN/compare_measures.json`` and
+``RUN/compare_samples/``; the report itself reads only the runs' records (:mod:`.records`).
 """
 
 from __future__ import annotations
@@ -17,7 +18,6 @@ from typing import Any
 
 import torch
 from PIL import Image
-from tqdm.auto import tqdm
 
 from film_diffusion.atomic import write_text
 from film_diffusion.errors import UserError
@@ -26,12 +26,11 @@ from film_diffusion.sample import load_pipeline
 from film_diffusion.studies.model_cost import example_inputs, forward_flops, parameter_counts, training_peak_memory
 from film_diffusion.studies.plan import CompareConfig, PlannedRun, value_label, value_pairs
 from film_diffusion.studies.plots import BACKBONE_KEY, SEED_KEY, plot_curves
+from film_diffusion.studies.records import MEASURES, SAMPLES
 from film_diffusion.studies.suite_report import prompts_of, suite_columns, suite_grids, suite_markdown, suite_plot
 from film_diffusion.studies.tables import format_number, markdown_row
 from film_diffusion.training.config import ExperimentConfig
 
-MEASURES = "compare_measures.json"
-SAMPLES = "compare_samples"
 # Quality metrics in the order the tables show them, with their column titles; a run has the ones its
 # condition states (text: all attributes; class labels: colour and shape).
 METRICS = {"color": "colour", "shape": "shape", "size": "size", "position": "position", "all": "all",
@@ -75,8 +74,8 @@ def measure_run(run: PlannedRun, grid_seed: int) -> dict[str, Any]:
 
 
 def read_metrics(run: PlannedRun) -> list[dict]:
-    """The run's ``metrics.jsonl`` rows."""
-    return [json.loads(line) for line in (run.folder / "metrics.jsonl").read_text().splitlines() if line]
+    """The ``metrics.jsonl`` rows of the run's record."""
+    return [json.loads(line) for line in (run.record / "metrics.jsonl").read_text().splitlines() if line]
 
 
 def run_row(run: PlannedRun, rows: list[dict], measures: dict, sizing: dict | None) -> dict[str, Any]:
@@ -121,9 +120,9 @@ def group_rows(rows: list[dict], keys: list[str]) -> list[dict]:
 
 
 def write_report(out: Path, runs: list[PlannedRun], config: CompareConfig, sizing: dict[str, dict]) -> Path:
-    """Measure every run (once), then write results.json, results.md, the plots and the grid."""
+    """Write results.json, results.md, the plots and the grid from the runs' records."""
     keys = list(config.matrix)
-    measures = {run.name: measure_run(run, config.grid_seed) for run in tqdm(runs, desc="measuring runs")}
+    measures = {run.name: json.loads((run.record / MEASURES).read_text()) for run in runs}
     curves = {run.name: read_metrics(run) for run in runs}
     rows = [run_row(run, curves[run.name], measures[run.name], sizing.get(run.name)) for run in runs]
     scoring = config.evaluate
@@ -152,7 +151,7 @@ def write_report(out: Path, runs: list[PlannedRun], config: CompareConfig, sizin
 
 def side_by_side_grid(runs: list[PlannedRun]) -> Image.Image:
     """One row per run, one column per caption (or label): the same captions and noise in every row."""
-    rows = [[Image.open(path).convert("RGB") for path in sorted((run.folder / SAMPLES).glob("*.png"))]
+    rows = [[Image.open(path).convert("RGB") for path in sorted((run.record / SAMPLES).glob("*.png"))]
             for run in runs]
     return labelled_grid(rows, [", ".join(value_pairs(run.values)) for run in runs])
 

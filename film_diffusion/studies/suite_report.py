@@ -1,7 +1,8 @@
-"""The benchmark suite's part of a comparison (config key ``evaluate``): every finished run scored by
-``film-diffusion evaluate`` (kept in ``RUN/evaluation/SUITE-SPLIT/``, never scored twice), then, in the report, a
-table per category (mean and spread over seeds, and the 95% Wilson interval of the seeds' images pooled), a bar
-plot of every category, and a grid per category (each method's first images of the same prompts and noise).
+"""The benchmark suite's part of a comparison (config key ``evaluate``): each finished run scored by
+``film-diffusion evaluate`` (kept in ``RUN/evaluation/SUITE-SPLIT/``, never scored twice), then, in the report (read
+from the runs' records, :mod:`.records`), a table per category (mean and spread over seeds, and the 95% Wilson
+interval of the seeds' images pooled), a bar plot of every category, and a grid per category (each method's first
+images of the same prompts and noise).
 """
 
 from __future__ import annotations
@@ -28,21 +29,21 @@ GRID_COLUMNS = 8
 SETTINGS = ("suite", "split", "samples_per_category", "seed")
 
 
-def suite_folder(run: PlannedRun, scoring: SuiteScoring) -> Path:
-    return run.folder / "evaluation" / f"{scoring.suite}-{scoring.split}"
+def suite_folder(folder: Path, suite: str, split: str) -> Path:
+    """Where a run folder (or a run's record) keeps the suite's scores."""
+    return folder / "evaluation" / f"{suite}-{split}"
 
 
-def score_runs(runs: list[PlannedRun], scoring: SuiteScoring) -> None:
-    """Score every run not yet scored with these settings; a run scored with others is refused, not mixed in."""
-    for i, run in enumerate(runs, 1):
-        out = suite_folder(run, scoring)
-        if (out / RESULTS).is_file():
-            check_settings(out, scoring)
-            continue
-        print(f"[{i}/{len(runs)}] {run.name}: scoring on the {scoring.split} split ({scoring.suite} suite)", flush=True)
-        run_evaluate(run.folder / "pipeline", suite=scoring.suite, split=scoring.split, out=out,
-                     samples=scoring.samples, seed=scoring.seed, batch_size=scoring.batch_size, steps=scoring.steps,
-                     guidance_scale=scoring.guidance_scale)
+def score_run(run: PlannedRun, scoring: SuiteScoring) -> None:
+    """Score the run unless it is scored with these settings; a run scored with others is refused, not mixed in."""
+    out = suite_folder(run.folder, scoring.suite, scoring.split)
+    if (out / RESULTS).is_file():
+        check_settings(out, scoring)
+        return
+    print(f"{run.name}: scoring on the {scoring.split} split ({scoring.suite} suite)", flush=True)
+    run_evaluate(run.folder / "pipeline", suite=scoring.suite, split=scoring.split, out=out, samples=scoring.samples,
+                 seed=scoring.seed, batch_size=scoring.batch_size, steps=scoring.steps,
+                 guidance_scale=scoring.guidance_scale)
 
 
 def check_settings(out: Path, scoring: SuiteScoring) -> dict:
@@ -63,7 +64,7 @@ def check_settings(out: Path, scoring: SuiteScoring) -> dict:
 def suite_columns(run: PlannedRun, scoring: SuiteScoring) -> dict[str, Any]:
     """A run's suite scores as report columns: ``suite/CATEGORY/CHECK`` (accuracy), ``suite_n/CATEGORY/right`` and
     ``suite_n/CATEGORY/images`` (counts, for pooling seeds), and ``suite/overall/right``."""
-    results = check_settings(suite_folder(run, scoring), scoring)
+    results = check_settings(suite_folder(run.record, scoring.suite, scoring.split), scoring)
     summary, settings = results["summary"], results["settings"]
     columns: dict[str, Any] = {}
     for category, scores in summary["categories"].items():
@@ -177,8 +178,8 @@ def suite_grids(out: Path, runs: list[PlannedRun], scoring: SuiteScoring, rows: 
     chosen = list(first_seed.values())
     paths = []
     for category in [c for c in categories(rows) if c != "overall"]:
-        images = [[Image.open(p) for p in sorted((suite_folder(run, scoring) / "images" / category).glob("*.png"))
-                   [:GRID_COLUMNS]] for run in chosen]
+        images = [[Image.open(p) for p in sorted((suite_folder(run.record, scoring.suite, scoring.split) / "images"
+                                                   / category).glob("*.png"))[:GRID_COLUMNS]] for run in chosen]
         if not any(images):
             continue
         grid = labelled_grid(images, [", ".join(value_pairs({k: v for k, v in run.values.items() if k != SEED_KEY}))
@@ -191,7 +192,7 @@ def suite_grids(out: Path, runs: list[PlannedRun], scoring: SuiteScoring, rows: 
 
 def prompts_of(run: PlannedRun, scoring: SuiteScoring) -> dict[str, list[str]]:
     """Each category's first prompts, in the order of the grid's columns."""
-    rows = json.loads((suite_folder(run, scoring) / RESULTS).read_text())["rows"]
+    rows = json.loads((suite_folder(run.record, scoring.suite, scoring.split) / RESULTS).read_text())["rows"]
     found: dict[str, list[str]] = defaultdict(list)
     for row in rows:
         if len(found[row["category"]]) < GRID_COLUMNS:

@@ -112,7 +112,7 @@ def test_a_small_comparison_writes_everything_resumes_and_never_trains_twice(tmp
 
     # A run killed after its last checkpoint, before its pipeline was written, resumes and is alone retrained.
     last = runs / "conditioning=adaln_zero_seed=1"
-    for leftover in ("pipeline", "compare_measures.json"):
+    for leftover in ("pipeline", "compare_measures.json", "record.json"):
         path = last / leftover
         path.unlink() if path.is_file() else __import__("shutil").rmtree(path)
     launched.clear()
@@ -132,13 +132,13 @@ def test_a_changed_experiment_does_not_reuse_old_runs(tmp_path, monkeypatch):
     monkeypatch.setattr(compare_module, "launch", lambda command, name: None)
     run = tmp_path / "out" / "runs" / "conditioning=film_seed=0"
     run.mkdir(parents=True)
-    config = write_config(tmp_path)
-    planned = compare_module.plan_runs(compare_module.load_compare(config))[0]
+    config = compare_module.load_compare(write_config(tmp_path))
+    planned = compare_module.plan_runs(config)[0]
     saved = yaml.safe_load(yaml.safe_dump(compare_module.config_to_dict(planned.config)))
     saved["train"]["lr"] = 0.5
     (run / "config.yaml").write_text(yaml.safe_dump(saved))
     with pytest.raises(UserError, match=r"trained with another config \(train.lr was 0.5, now 0.001\)"):
-        compare_module.run_all([planned], config, [])
+        compare_module.run_all([planned], config, tmp_path / "experiment.yaml")
 
 
 def test_a_key_added_since_a_run_was_trained_counts_at_its_default(tmp_path, monkeypatch):
@@ -150,20 +150,20 @@ def test_a_key_added_since_a_run_was_trained_counts_at_its_default(tmp_path, mon
     saved = yaml.safe_load(yaml.safe_dump(compare_module.config_to_dict(planned.config)))
     del saved["train"]["trainable"]  # a run trained before the key existed
     (planned.folder / "config.yaml").write_text(yaml.safe_dump(saved))
-    compare_module.check_same_experiment(planned)
+    compare_module.check_same_experiment(planned, planned.folder)
     planned.config.train.trainable = "new"  # but the key set to something else is another experiment
     with pytest.raises(UserError, match=r"another config \(train.trainable was None, now 'new'\)"):
-        compare_module.check_same_experiment(planned)
+        compare_module.check_same_experiment(planned, planned.folder)
 
 
 def test_a_run_killed_before_its_first_checkpoint_starts_over(tmp_path, monkeypatch):
     launched = []
     monkeypatch.setattr(compare_module, "launch", lambda command, name: launched.append(command))
-    planned = compare_module.plan_runs(compare_module.load_compare(write_config(tmp_path)))[:1]
-    planned[0].folder.mkdir(parents=True)
-    (planned[0].folder / "config.yaml").write_text("seed: 0\nmodel: {backb")  # torn by the kill
-    (planned[0].folder / "metrics.jsonl").write_text('{"step": 1, "loss": 0.5}\n')
-    compare_module.run_all(planned, tmp_path / "experiment.yaml", [])
+    planned = compare_module.plan_runs(compare_module.load_compare(write_config(tmp_path)))[0]
+    planned.folder.mkdir(parents=True)
+    (planned.folder / "config.yaml").write_text("seed: 0\nmodel: {backb")  # torn by the kill
+    (planned.folder / "metrics.jsonl").write_text('{"step": 1, "loss": 0.5}\n')
+    compare_module.train(planned, tmp_path / "experiment.yaml", [])
     # the trainer restarts a run folder with no checkpoint (tests/faults/test_damaged_files.py)
     assert len(launched) == 1 and launched[0][-2:] == ["--resume", "latest"]
 

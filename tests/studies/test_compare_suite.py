@@ -2,6 +2,7 @@
 run (``match_to``): a small comparison through the real trainer and the real ``evaluate``."""
 
 import json
+import shutil
 
 import pytest
 import yaml
@@ -97,3 +98,35 @@ def test_match_to_sizes_every_run_to_one_count(tmp_path):
     widths = {r.name.split("_seed")[0]: sizing[r.name]["width"] for r in runs}
     assert widths["conditioning=cross_attention"] > widths["conditioning=film"]  # FiLM's generator is larger
     assert {s["reference"] for s in sizing.values()} == {"match_to: 100000"}
+
+
+def test_a_study_whose_output_folder_is_lost_reports_again_from_its_kept_records(tmp_path, monkeypatch, capsys):
+    report = tmp_path / "report"
+    config = write_config(tmp_path, exclude=[{"model.conditioning": ["cross_attention"]}], evaluate=SCORING,
+                          report_dir=str(report))
+    assert main(["compare", str(config)]) == 0
+    before = json.loads((report / "results.json").read_text())
+    kept = report / "runs" / "conditioning=film_seed=0"
+    assert (kept / "record.json").is_file() and not list(kept.rglob("*.safetensors"))  # no weights: small
+    assert len(list((kept / "evaluation" / "full-test" / "images" / "binding").glob("*.png"))) == 2
+
+    def never(*args, **kwargs):
+        raise AssertionError("a kept run was trained or scored again")
+
+    monkeypatch.setattr(suite_report, "run_evaluate", never)
+    # A kill while the second record was assembled: the run folder is whole, its record is not.
+    second = report / "runs" / "conditioning=film_seed=1"
+    shutil.rmtree(second)
+    (report / "runs" / ".conditioning=film_seed=1.partial").mkdir()
+    monkeypatch.setattr(compare_module, "launch", never)
+    assert main(["compare", str(config)]) == 0
+    assert (second / "record.json").is_file() and not (report / "runs" / ".conditioning=film_seed=1.partial").exists()
+
+    shutil.rmtree(tmp_path / "out")  # checkpoints and pipelines gone with the machine; the report folder kept
+    (report / "results.json").unlink()
+    assert main(["compare", str(config)]) == 0
+    assert json.loads((report / "results.json").read_text()) == before
+
+    capsys.readouterr()
+    assert main(["compare", str(config), "experiment.train.lr=0.002"]) == 2  # a record of another experiment
+    assert "holds run 'conditioning=film_seed=0' trained with another config (train.lr" in capsys.readouterr().err

@@ -1,0 +1,71 @@
+"""A finished run's record: the small files a comparison's report reads (its config, its metrics, its measures and
+grid row, the suite's scores and the images the suite's grids show), kept under ``REPORT/runs/RUN/`` the moment the
+run is trained, scored and measured.
+
+The report is made from records alone. A study's report folder is committed as it grows, while its output folder
+(checkpoints, pipelines: too large to commit) lives only as long as the machine does; with its records committed, a
+study that spans several sittings on machines that do not keep their disks loses at most the run under way. A run
+with a record made with the comparison's current settings is never trained, scored or measured again. Without a
+``report_dir``, a run's record is its own run folder.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import asdict
+from typing import Any
+
+from film_diffusion.atomic import write_text
+from film_diffusion.benchmark import RESULTS
+from film_diffusion.studies.plan import CompareConfig, PlannedRun
+from film_diffusion.studies.suite_report import GRID_COLUMNS, suite_folder
+
+RECORD = "record.json"  # written last; it names the settings the record was made with
+MEASURES = "compare_measures.json"
+SAMPLES = "compare_samples"
+KEPT_FILES = ("config.yaml", "metrics.jsonl", MEASURES)
+
+
+def record_settings(config: CompareConfig) -> dict[str, Any]:
+    """What a record depends on beyond the run's experiment: the grid's noise and the suite's settings."""
+    return {"grid_seed": config.grid_seed, "evaluate": None if config.evaluate is None else asdict(config.evaluate)}
+
+
+def is_kept(run: PlannedRun, settings: dict[str, Any]) -> bool:
+    """Whether the run has a whole record made with ``settings`` (a record torn by a kill has no ``record.json``)."""
+    path = run.record / RECORD
+    try:
+        return path.is_file() and json.loads(path.read_text()) == settings
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        return False
+
+
+def keep(run: PlannedRun, settings: dict[str, Any]) -> None:
+    """Copy the run's record out of its run folder; the record appears whole or not at all (it is assembled
+    beside its place and renamed into it)."""
+    if run.record.resolve() == run.folder.resolve():
+        write_text(run.record / RECORD, json.dumps(settings, indent=1) + "\n")
+        return
+    partial = run.record.with_name(f".{run.record.name}.partial")
+    shutil.rmtree(partial, ignore_errors=True)  # left by a kill while it was assembled
+    partial.mkdir(parents=True)
+    for name in KEPT_FILES:
+        shutil.copy2(run.folder / name, partial / name)
+    shutil.copytree(run.folder / SAMPLES, partial / SAMPLES)
+    if settings["evaluate"] is not None:
+        source = suite_folder(run.folder, settings["evaluate"]["suite"], settings["evaluate"]["split"])
+        target = suite_folder(partial, settings["evaluate"]["suite"], settings["evaluate"]["split"])
+        target.mkdir(parents=True)
+        shutil.copy2(source / RESULTS, target / RESULTS)
+        for category in sorted(p for p in (source / "images").iterdir() if p.is_dir()):
+            (target / "images" / category.name).mkdir(parents=True)
+            for image in sorted(category.glob("*.png"))[:GRID_COLUMNS]:  # what the report's grids show
+                shutil.copy2(image, target / "images" / category.name / image.name)
+    (partial / RECORD).write_text(json.dumps(settings, indent=1) + "\n")
+    old = run.record.with_name(f".{run.record.name}.old")
+    if run.record.exists():
+        shutil.rmtree(old, ignore_errors=True)
+        run.record.rename(old)
+    partial.rename(run.record)
+    shutil.rmtree(old, ignore_errors=True)
