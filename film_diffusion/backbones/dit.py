@@ -105,6 +105,8 @@ class DiT(NullClassMixin, CheckpointedBlocksMixin, PeftAdapterMixin, ModelMixin,
         mixer_kernel_size: the FFNified mixer's depthwise kernel (odd; 7 as in FFNet).
         mixer_fused: the FFNified mixer's sampling form, as :meth:`fuse` leaves it (set by ``fuse``, so
             that a saved fused model loads as one).
+        conv_head: a 3x3 convolution over the unpatchified output, as U-ViT ends: each pixel's prediction
+            sees its neighbours across patch borders, which the per-token linear head cannot.
     """
 
     native_timestep_method = "adaln_zero"
@@ -131,6 +133,7 @@ class DiT(NullClassMixin, CheckpointedBlocksMixin, PeftAdapterMixin, ModelMixin,
         token_mixer: str = "attention",
         mixer_kernel_size: int = 7,
         mixer_fused: bool = False,
+        conv_head: bool = False,
     ):
         super().__init__()
         if sample_size % patch_size:
@@ -147,6 +150,7 @@ class DiT(NullClassMixin, CheckpointedBlocksMixin, PeftAdapterMixin, ModelMixin,
         self.blocks = nn.ModuleList(DiTBlock(f"blocks.{i}", hidden_size, num_heads, mlp_ratio, token_mixer, self.grid,
                                              mixer_kernel_size, mixer_fused) for i in range(depth))
         self.final_layer = FinalLayer(hidden_size, patch_size, self.out_channels)
+        self.conv_out = nn.Conv2d(self.out_channels, self.out_channels, 3, padding=1) if conv_head else None
         self.sequence_site = Site("tokens", "sequence", hidden_size)
         sites = [self.sequence_site] + [s for block in self.blocks for s in block.sites] + [self.final_layer.site]
         self.conditioner = ConditioningStack(conditioning, timestep_route, self.native_timestep_method, sites,
@@ -171,6 +175,8 @@ class DiT(NullClassMixin, CheckpointedBlocksMixin, PeftAdapterMixin, ModelMixin,
         if self.conditioner.label_embedder is not None:
             nn.init.normal_(self.conditioner.label_embedder.embedding_table.weight, std=0.02)
         zero_module(self.final_layer.linear)  # the output starts at 0, as in the paper
+        if self.conv_out is not None:  # default weights (U-ViT's); no bias, so the output still starts at 0
+            nn.init.zeros_(self.conv_out.bias)
 
     def fuse(self) -> DiT:
         """Re-parameterise every FFNified mixer for sampling, in place (the same outputs, fewer operations);
@@ -209,6 +215,8 @@ class DiT(NullClassMixin, CheckpointedBlocksMixin, PeftAdapterMixin, ModelMixin,
             x, stream = self.run_block(block, x, state, key_mask, stream)
         x = self.final_layer(x[:, :num_patches], state)  # in-context tokens and the stream never reach the grid
         out = unpatchify(x, cfg.patch_size, self.out_channels, self.grid)  # (B, C_out, H, W)
+        if self.conv_out is not None:
+            out = self.conv_out(out)
         return DenoiserOutput(sample=out) if return_dict else (out,)
 
 

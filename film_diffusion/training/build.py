@@ -92,7 +92,7 @@ def build_denoiser(config: ExperimentConfig, channels: int, size: int, token_dim
                                   f"{', '.join(DIT_PRESETS)}.")
             size_args = DIT_PRESETS[model.preset] if model.preset else vars(model.dit)
             return DiT(**size_args, learn_sigma=model.learn_sigma, token_mixer=model.token_mixer,
-                       mixer_kernel_size=model.mixer_kernel_size, **common)
+                       mixer_kernel_size=model.mixer_kernel_size, conv_head=model.conv_head, **common)
         u = model.unet
         return UNet(block_out_channels=tuple(u.block_out_channels), layers_per_block=u.layers_per_block,
                     attention_levels=tuple(u.attention_levels), num_heads=u.num_heads,

@@ -54,6 +54,7 @@ class ModelConfig:
     learn_sigma: bool = False  # DiT only: also predict the variance (hybrid loss, as the DiT paper)
     token_mixer: Literal["attention", "ffnified"] = "attention"  # DiT only: ffnified = FFNet's attention-free mixer
     mixer_kernel_size: int = 7  # DiT with token_mixer=ffnified: the depthwise kernel (odd)
+    conv_head: bool = False  # DiT only: a 3x3 convolution over the output image, as U-ViT ends
 
 
 @dataclass
@@ -279,6 +280,9 @@ def check_config(config: ExperimentConfig, num_processes: int | None = None) -> 
     if model.token_mixer != "attention" and model.backbone != "dit":
         raise ConfigError(f"Config key 'model.token_mixer' is {model.token_mixer!r}, but only the DiT has a token "
                           "mixer to choose; remove it for model.backbone=unet.")
+    if model.conv_head and model.backbone != "dit":
+        raise ConfigError("Config key 'model.conv_head' adds a convolution after the DiT's patch head; the U-Net "
+                          "ends in a convolution already: remove it for model.backbone=unet.")
     if model.mixer_kernel_size < 1 or model.mixer_kernel_size % 2 == 0:
         raise ConfigError(f"Config key 'model.mixer_kernel_size' is {model.mixer_kernel_size}; choose an odd "
                           "positive size (7, as FFNet).")

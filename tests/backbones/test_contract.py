@@ -202,3 +202,23 @@ def test_unet_coord_channels_tell_pixels_apart_and_round_trip(tmp_path, conditio
         assert loaded.config.coord_channels
         assert torch.equal(loaded(sample, t, condition=text_condition()).sample,
                            placed(sample, t, condition=text_condition()).sample)
+
+
+def test_dit_conv_head_starts_at_zero_convolves_across_patch_borders_and_round_trips(tmp_path):
+    """``conv_head`` keeps the DiT's output at 0 at init; once trained, its output is the plain head's image
+    through one 3x3 convolution (so a pixel sees the next patch); a saved model loads with it and gives the same
+    output."""
+    sample, t = noisy_batch()
+    model = tiny_model("dit", ["film"], conv_head=True)
+    with torch.no_grad():
+        assert torch.count_nonzero(model(sample, t, condition=text_condition()).sample) == 0
+    randomize_(model)
+    conv, model.conv_out = model.conv_out, None
+    with torch.no_grad():
+        plain = model(sample, t, condition=text_condition()).sample
+        model.conv_out = conv
+        out = model(sample, t, condition=text_condition()).sample
+        torch.testing.assert_close(out, torch.nn.functional.conv2d(plain, conv.weight, conv.bias, padding=1))
+        model.save_pretrained(tmp_path)
+        loaded = DiT.from_pretrained(tmp_path)
+        assert loaded.config.conv_head and torch.equal(loaded(sample, t, condition=text_condition()).sample, out)

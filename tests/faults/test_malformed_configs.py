@@ -37,6 +37,7 @@ CASES = [
     ({"model": {"backbone": "unet", "token_mixer": "ffnified"}}, "'model.token_mixer' is 'ffnified', but only the DiT",
      ""),
     ({"model": {"token_mixer": "ffnified", "mixer_kernel_size": 6}}, "'model.mixer_kernel_size' is 6", "odd"),
+    ({"model": {"backbone": "unet", "conv_head": True}}, "'model.conv_head' adds a convolution", "remove it"),
     ({"model": {"token_mixer": "mamba"}}, "'model.token_mixer' is 'mamba'", "'ffnified'"),
     ({"condition": {"source": "class_labels", "num_classes": 32}, "sample": {"class_labels": [40]}},
      "'sample.class_labels' is [40]; use class ids from 0 to 31", ""),
