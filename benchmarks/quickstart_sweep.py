@@ -57,14 +57,18 @@ FAST = UNTUNED + ["model.dit.patch_size=4", "model.dit.hidden_size=192", "model.
 
 # The second sweep (2026-12-07): the quickstart on the U-Net, in float32 (bf16 is 16x slower than float32 on a CPU
 # without bf16 instructions, such as this machine's), scored on val every 250 steps so that each row has its curve.
+FLOAT32 = ["objective.prediction=flow", "objective.min_snr_gamma=null", "objective.logit_mean=0.0",
+           "train.mixed_precision=no", "train.max_steps=1000", "train.batch_size=32", "train.lr=0.001",
+           "train.warmup_steps=100", "train.ema_decay=0.999", "train.caption_dropout=0.1", "train.repa_weight=0.0",
+           "train.sample_every=0", "train.checkpoint_every=250", "data.max_objects=1", "data.length=null",
+           "data.cache=false", "sample.steps=20", "sample.guidance_scale=2.0"]
 UNET = ["model.backbone=unet", "model.conditioning=[film]", "model.unet.block_out_channels=[16,32,64]",
         "model.unet.layers_per_block=1", "model.unet.attention_levels=[]", "model.unet.num_heads=4",
         "model.unet.norm_num_groups=8", "model.unet.attention_pos_embed=false", "model.unet.coord_channels=false",
-        "objective.prediction=flow", "objective.min_snr_gamma=null", "objective.logit_mean=0.0",
-        "train.mixed_precision=no", "train.max_steps=1000", "train.batch_size=32", "train.lr=0.001",
-        "train.warmup_steps=100", "train.ema_decay=0.999", "train.caption_dropout=0.1", "train.repa_weight=0.0",
-        "train.sample_every=0", "train.checkpoint_every=250", "data.max_objects=1", "data.length=null",
-        "data.cache=false", "sample.steps=20", "sample.guidance_scale=2.0"]
+        *FLOAT32]
+# The DiT in the same regime: the quickstart's DiT (patch 4, width 192, depth 6) with FiLM and cross-attention.
+DIT = ["model.backbone=dit", "model.conditioning=[film,cross_attention]", "model.dit.patch_size=4",
+       "model.dit.hidden_size=192", "model.dit.depth=6", "model.dit.num_heads=6", "model.conv_head=false", *FLOAT32]
 
 XATTN = ["model.conditioning=[film,cross_attention]", "model.unet.attention_levels=[2]",
          "model.unet.attention_pos_embed=true"]
@@ -144,6 +148,17 @@ VARIANTS: dict[str, Variant] = {
     "unet+xattn16+repa+lr2e-3": Variant("unet+xattn+repa+lr2e-3 with attention at 16x16 too",
                                         UNET + XATTN + ["model.unet.attention_levels=[1,2]", "train.repa_weight=0.5",
                                                         "train.lr=0.002"], eval_every=250),
+    "unet+xattn+repa+lr2e-3+3000steps": Variant(
+        "unet+xattn+repa+lr2e-3 trained 3,000 steps: where its curve goes",
+        UNET + XATTN + ["train.repa_weight=0.5", "train.lr=0.002", "train.max_steps=3000"], eval_every=500),
+    "dit": Variant("the DiT (patch 4, width 192, depth 6, FiLM + cross-attention), flow, float32, 1,000 steps", DIT,
+                   eval_every=250),
+    "dit+repa": Variant("dit with REPA 0.5 (block 1)", DIT + ["train.repa_weight=0.5"], eval_every=250),
+    "dit+conv_head": Variant("dit ending in a 3x3 convolution, as U-ViT", DIT + ["model.conv_head=true"],
+                             eval_every=250),
+    "dit+conv_head+repa+lr2e-3": Variant("dit+conv_head with REPA 0.5 and lr 2e-3",
+                                         DIT + ["model.conv_head=true", "train.repa_weight=0.5", "train.lr=0.002"],
+                                         eval_every=250),
 }
 
 
