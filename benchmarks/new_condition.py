@@ -1,24 +1,26 @@
 """A new condition on a trained model, worked through (docs/new_condition.md): what cross-attention to the caption's
-tokens adds to a trained FiLM U-Net when only the new weights learn, against the same model trained from scratch.
+tokens adds to a trained U-Net when only the new weights learn, against the same model trained otherwise.
 
-    nohup python benchmarks/new_condition.py &       # trains and scores every arm not yet done, then the table
-    python benchmarks/new_condition.py --table       # the table of what is done
+    nohup python benchmarks/new_condition.py &       # trains and scores every arm not yet done, then the tables
+    python benchmarks/new_condition.py --table       # the tables of what is done
 
-Arms, each ``film-diffusion train configs/quickstart.yaml`` with ``COMMON`` and its own overrides into
-``runs/new_condition/ARM``, then ``film-diffusion evaluate RUN --suite single --split test --samples 100``:
+Every arm is ``film-diffusion train configs/quickstart.yaml`` with ``COMMON`` and its own overrides into
+``runs/new_condition/ARM``, then ``film-diffusion evaluate RUN --suite single --split test --samples 100``. Two
+bases, each ``STEPS`` steps, and what follows each for ``STEPS`` more:
 
-- ``base``: the U-Net with FiLM on the pooled caption vector, ``STEPS`` steps.
-- ``grown``: ``base`` gains cross-attention to the caption tokens in its attention blocks (zero-initialised, so
-  step 0 draws exactly what ``base`` draws); only the new weights train (``train.trainable: new``), ``STEPS`` steps.
-- ``continued``: ``base`` trained ``STEPS`` more steps, every weight, FiLM alone: what the same steps give
-  without the new condition.
-- ``scratch``: FiLM + cross-attention from scratch, ``STEPS`` steps: the same architecture as ``grown`` at the
-  steps of its training.
+- ``film``: FiLM on the pooled caption vector: the base already reads the caption.
+  ``film_grown``: it gains cross-attention to the caption tokens in its attention blocks (zero-initialised, so
+  step 0 draws exactly what the base draws) and only the new weights train (``train.trainable: new``);
+  ``film_continued``: the base trained on, every weight, FiLM alone (the same steps without the new condition);
+  ``film_xattn_scratch``: FiLM + cross-attention from scratch, ``STEPS`` steps.
+- ``uncond``: no condition at all (``model.conditioning: []``): the base draws some object.
+  ``uncond_grown``: it gains cross-attention with only the new weights training (a ControlNet-style addition);
+  ``uncond_grown_all``: the same with every weight training; ``xattn_scratch``: cross-attention from scratch.
 
 Every setting was fixed before any score was read (nothing here is tuned), so the scores are test scores. An arm
 whose pipeline is written is not trained again, a scored one not scored again; an interrupted training resumes
-from its newest checkpoint. Results: ``docs/new_condition/results.json`` and the table in
-``docs/new_condition/README.md``.
+from its newest checkpoint. Results: ``docs/new_condition/results.json`` and its tables,
+``docs/new_condition/tables.md`` (docs/new_condition.md quotes them).
 """
 
 from __future__ import annotations
@@ -40,17 +42,27 @@ COMMON = ["model.backbone=unet", "model.unet.block_out_channels=[16,32,64]", "mo
           "model.unet.attention_pos_embed=true", "train.mixed_precision=no",
           "train.lr=0.002", f"train.max_steps={STEPS}", "train.eval_every=0", "train.sample_every=0",
           "train.checkpoint_every=250", "data.max_objects=1"]
+FILM_BASE, UNCOND_BASE = "train.init_from=runs/new_condition/film", "train.init_from=runs/new_condition/uncond"
 ARMS: dict[str, list[str]] = {
-    "base": ["model.conditioning=[film]"],
-    "grown": ["model.conditioning=[film,cross_attention]", "train.init_from=runs/new_condition/base",
-              "train.trainable=new"],
-    "continued": ["model.conditioning=[film]", "train.init_from=runs/new_condition/base"],
-    "scratch": ["model.conditioning=[film,cross_attention]"],
+    "film": ["model.conditioning=[film]"],
+    "film_grown": ["model.conditioning=[film,cross_attention]", FILM_BASE, "train.trainable=new"],
+    "film_continued": ["model.conditioning=[film]", FILM_BASE],
+    "film_xattn_scratch": ["model.conditioning=[film,cross_attention]"],
+    "uncond": ["model.conditioning=[]"],
+    "uncond_grown": ["model.conditioning=[cross_attention]", UNCOND_BASE, "train.trainable=new"],
+    "uncond_grown_all": ["model.conditioning=[cross_attention]", UNCOND_BASE],
+    "xattn_scratch": ["model.conditioning=[cross_attention]"],
 }
-NOTES = {"base": f"FiLM (pooled vector), {STEPS} steps",
-         "grown": f"base + cross-attention (tokens), only the new weights, {STEPS} more steps",
-         "continued": f"base, every weight, {STEPS} more steps",
-         "scratch": f"FiLM + cross-attention from scratch, {STEPS} steps"}
+NOTES = {"film": f"FiLM (pooled vector), {STEPS} steps",
+         "film_grown": f"film + cross-attention (tokens), only the new weights, {STEPS} more steps",
+         "film_continued": f"film, every weight, {STEPS} more steps",
+         "film_xattn_scratch": f"FiLM + cross-attention from scratch, {STEPS} steps",
+         "uncond": f"no condition, {STEPS} steps",
+         "uncond_grown": f"uncond + cross-attention, only the new weights, {STEPS} more steps",
+         "uncond_grown_all": f"uncond + cross-attention, every weight, {STEPS} more steps",
+         "xattn_scratch": f"cross-attention from scratch, {STEPS} steps"}
+PARTS = {"film": ["film", "film_grown", "film_continued", "film_xattn_scratch"],
+         "uncond": ["uncond", "uncond_grown", "uncond_grown_all", "xattn_scratch"]}
 CHECKS = ("right", "color", "shape", "size", "position")
 
 
@@ -87,15 +99,18 @@ def trainable_parameters(arm: str) -> int:
 
     params = dict(load_pipeline(RUNS / arm / "pipeline").denoiser.named_parameters())
     if "train.trainable=new" in ARMS[arm]:
-        base = load_pipeline(RUNS / "base" / "pipeline").denoiser.state_dict()
+        base_arm = arm.split("_")[0]  # film_grown -> film
+        base = load_pipeline(RUNS / base_arm / "pipeline").denoiser.state_dict()
         params = {name: p for name, p in params.items() if name not in base}
     return sum(p.numel() for p in params.values())
 
 
-def table(results: dict) -> str:
+def table(results: dict, arms: list[str]) -> str:
+    """The markdown table of ``arms`` (those done)."""
     lines = ["| arm | what it is | trainable params | right | 95% interval | colour | shape | size | position |",
              "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
-    for arm, found in results["arms"].items():
+    for arm in (a for a in arms if a in results["arms"]):
+        found = results["arms"][arm]
         single = found["single"]
         right = single["right"]
         lines.append(f"| {arm} | {NOTES[arm]} | {found['trainable_params']:,} | {right['accuracy']:.3f} | "
@@ -111,15 +126,18 @@ def main() -> None:
     path = RESULTS / "results.json"
     results = json.loads(path.read_text()) if path.is_file() else {"arms": {}}
     if not args.table:
+        RESULTS.mkdir(parents=True, exist_ok=True)
         for arm in ARMS:
             if arm in results["arms"]:
                 continue
             minutes = train(arm)
             results["arms"][arm] = {"overrides": COMMON + ARMS[arm], "single": score(arm),
                                     "trainable_params": trainable_parameters(arm), "train_minutes": minutes}
-            RESULTS.mkdir(parents=True, exist_ok=True)
             path.write_text(json.dumps(results, indent=1) + "\n")  # kept arm by arm: commit as they come
-    print(table(results))
+    text = "\n\n".join(table(results, arms) for arms in PARTS.values())
+    if not args.table:
+        (RESULTS / "tables.md").write_text(text + "\n")
+    print(text)
 
 
 if __name__ == "__main__":
