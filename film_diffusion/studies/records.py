@@ -1,6 +1,6 @@
 """A finished run's record: the small files a comparison's report reads (its config, its metrics, its measures and
-grid row, the suite's scores and the images the suite's grids show), kept under ``REPORT/runs/RUN/`` the moment the
-run is trained, scored and measured.
+grid row; the suite's summary and settings, and the images its grids show with their rows), kept under
+``REPORT/runs/RUN/`` the moment the run is trained, scored and measured.
 
 The report is made from records alone. A study's report folder is committed as it grows, while its output folder
 (checkpoints, pipelines: too large to commit) lives only as long as the machine does; with its records committed, a
@@ -57,11 +57,15 @@ def keep(run: PlannedRun, settings: dict[str, Any]) -> None:
         source = suite_folder(run.folder, settings["evaluate"]["suite"], settings["evaluate"]["split"])
         target = suite_folder(partial, settings["evaluate"]["suite"], settings["evaluate"]["split"])
         target.mkdir(parents=True)
-        shutil.copy2(source / RESULTS, target / RESULTS)
+        kept = []
         for category in sorted(p for p in (source / "images").iterdir() if p.is_dir()):
             (target / "images" / category.name).mkdir(parents=True)
             for image in sorted(category.glob("*.png"))[:GRID_COLUMNS]:  # what the report's grids show
                 shutil.copy2(image, target / "images" / category.name / image.name)
+                kept.append(f"images/{category.name}/{image.name}")
+        results = json.loads((source / RESULTS).read_text())
+        results["rows"] = [row for row in results["rows"] if row["image"] in kept]  # the summary counts them all
+        (target / RESULTS).write_text(json.dumps(results, indent=1) + "\n")
     (partial / RECORD).write_text(json.dumps(settings, indent=1) + "\n")
     old = run.record.with_name(f".{run.record.name}.old")
     if run.record.exists():

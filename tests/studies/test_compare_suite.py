@@ -11,7 +11,7 @@ from film_diffusion.cli import main
 from film_diffusion.errors import UserError
 from film_diffusion.evaluation.metrics import wilson_interval
 from film_diffusion.studies import compare as compare_module
-from film_diffusion.studies import suite_report
+from film_diffusion.studies import records, suite_report
 
 EXPERIMENT = {
     "model": {"dit": {"hidden_size": 16, "depth": 1, "num_heads": 2, "patch_size": 8, "mlp_ratio": 2.0}},
@@ -101,6 +101,7 @@ def test_match_to_sizes_every_run_to_one_count(tmp_path):
 
 
 def test_a_study_whose_output_folder_is_lost_reports_again_from_its_kept_records(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(records, "GRID_COLUMNS", 1)  # a record keeps the first image of each category of 2
     report = tmp_path / "report"
     config = write_config(tmp_path, exclude=[{"model.conditioning": ["cross_attention"]}], evaluate=SCORING,
                           report_dir=str(report))
@@ -108,7 +109,12 @@ def test_a_study_whose_output_folder_is_lost_reports_again_from_its_kept_records
     before = json.loads((report / "results.json").read_text())
     kept = report / "runs" / "conditioning=film_seed=0"
     assert (kept / "record.json").is_file() and not list(kept.rglob("*.safetensors"))  # no weights: small
-    assert len(list((kept / "evaluation" / "full-test" / "images" / "binding").glob("*.png"))) == 2
+    scores = kept / "evaluation" / "full-test"
+    assert [p.name for p in (scores / "images" / "binding").glob("*.png")] == ["0000.png"]
+    whole = json.loads((tmp_path / "out" / "runs" / kept.name / scores.relative_to(kept) / "results.json").read_text())
+    record = json.loads((scores / "results.json").read_text())
+    assert record["summary"] == whole["summary"] and record["settings"] == whole["settings"]
+    assert record["rows"] == [r for r in whole["rows"] if r["image"].endswith("/0000.png")]  # the ones shown
 
     def never(*args, **kwargs):
         raise AssertionError("a kept run was trained or scored again")
