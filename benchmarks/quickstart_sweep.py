@@ -151,6 +151,10 @@ VARIANTS: dict[str, Variant] = {
     "unet+xattn+repa+lr2e-3+3000steps": Variant(
         "unet+xattn+repa+lr2e-3 trained 3,000 steps: where its curve goes",
         UNET + XATTN + ["train.repa_weight=0.5", "train.lr=0.002", "train.max_steps=3000"], eval_every=500),
+    "unet+xattn+repa+lr2e-3+cache": Variant(
+        "unet+xattn+repa+lr2e-3 on 4,096 scenes drawn once and kept (data.cache), 2,500 steps",
+        UNET + XATTN + ["train.repa_weight=0.5", "train.lr=0.002", "train.max_steps=2500", "data.length=4096",
+                        "data.cache=true"], eval_every=500),
     "dit": Variant("the DiT (patch 4, width 192, depth 6, FiLM + cross-attention), flow, float32, 1,000 steps", DIT,
                    eval_every=250),
     "dit+repa": Variant("dit with REPA 0.5 (block 1)", DIT + ["train.repa_weight=0.5"], eval_every=250),
