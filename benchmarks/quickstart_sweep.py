@@ -155,6 +155,10 @@ VARIANTS: dict[str, Variant] = {
         "unet+xattn+repa+lr2e-3 on 4,096 scenes drawn once and kept (data.cache), 2,500 steps",
         UNET + XATTN + ["train.repa_weight=0.5", "train.lr=0.002", "train.max_steps=2500", "data.length=4096",
                         "data.cache=true"], eval_every=500),
+    "unet+xattn+repa+lr2e-3+linear2000": Variant(
+        "unet+xattn+repa+lr2e-3, 2,000 steps with the lr decayed linearly to 0 after warm-up",
+        UNET + XATTN + ["train.repa_weight=0.5", "train.lr=0.002", "train.max_steps=2000",
+                        "train.lr_scheduler=linear"], eval_every=500),
     "dit": Variant("the DiT (patch 4, width 192, depth 6, FiLM + cross-attention), flow, float32, 1,000 steps", DIT,
                    eval_every=250),
     "dit+repa": Variant("dit with REPA 0.5 (block 1)", DIT + ["train.repa_weight=0.5"], eval_every=250),
