@@ -26,7 +26,7 @@ from trainer_speed import model_step
 
 from film_diffusion.studies.compare import ModelInputs, prepare
 from film_diffusion.studies.model_cost import model_size
-from film_diffusion.studies.plan import load_compare, value_label
+from film_diffusion.studies.plan import load_compare, value_pairs
 from film_diffusion.studies.plots import SEED_KEY
 
 
@@ -40,7 +40,7 @@ def main() -> None:
     runs, _ = prepare(config)
     cells = {}
     for run in runs:
-        key = ", ".join(f"{k.rsplit('.', 1)[-1]}={value_label(v)}" for k, v in run.values.items() if k != SEED_KEY)
+        key = ", ".join(value_pairs({k: v for k, v in run.values.items() if k != SEED_KEY}))
         cells.setdefault(key, run)
     inputs = ModelInputs()
     steps = {key: model_step(run.config, Accelerator(mixed_precision=run.config.train.mixed_precision, cpu=True))

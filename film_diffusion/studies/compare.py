@@ -32,7 +32,7 @@ from film_diffusion.studies.plan import (
     plan_runs,
     yaml_value,
 )
-from film_diffusion.studies.records import is_kept, keep, record_settings
+from film_diffusion.studies.records import is_kept, keep
 from film_diffusion.studies.report import measure_run, write_report
 from film_diffusion.studies.suite_report import score_run
 from film_diffusion.training.build import build_encoder
@@ -99,9 +99,8 @@ def size_runs(runs: list[PlannedRun], measure: str, inputs: ModelInputs, match_t
 def run_all(runs: list[PlannedRun], config: CompareConfig, source_file: Path) -> None:
     """Complete every run not kept yet, one after another: train it (resuming where a checkpoint is complete),
     score it, measure it, keep its record."""
-    settings = record_settings(config)
     for i, run in enumerate(runs, 1):
-        if is_kept(run, settings):
+        if is_kept(run, config):
             check_same_experiment(run, run.record)
             print(f"[{i}/{len(runs)}] {run.name}: kept in {run.record}, not trained again")
             continue
@@ -113,7 +112,7 @@ def run_all(runs: list[PlannedRun], config: CompareConfig, source_file: Path) ->
         if config.evaluate is not None:
             score_run(run, config.evaluate)
         measure_run(run, config.grid_seed)
-        keep(run, settings)
+        keep(run, config)
 
 
 def train(run: PlannedRun, source_file: Path, launcher: list[str], counter: str = "") -> None:

@@ -32,18 +32,20 @@ def record_settings(config: CompareConfig) -> dict[str, Any]:
     return {"grid_seed": config.grid_seed, "evaluate": None if config.evaluate is None else asdict(config.evaluate)}
 
 
-def is_kept(run: PlannedRun, settings: dict[str, Any]) -> bool:
-    """Whether the run has a whole record made with ``settings`` (a record torn by a kill has no ``record.json``)."""
+def is_kept(run: PlannedRun, config: CompareConfig) -> bool:
+    """Whether the run has a whole record made with the comparison's settings (a record torn by a kill has no
+    ``record.json``)."""
     path = run.record / RECORD
     try:
-        return path.is_file() and json.loads(path.read_text()) == settings
+        return path.is_file() and json.loads(path.read_text()) == record_settings(config)
     except (UnicodeDecodeError, json.JSONDecodeError):
         return False
 
 
-def keep(run: PlannedRun, settings: dict[str, Any]) -> None:
+def keep(run: PlannedRun, config: CompareConfig) -> None:
     """Copy the run's record out of its run folder; the record appears whole or not at all (it is assembled
     beside its place and renamed into it)."""
+    settings = record_settings(config)
     if run.record.resolve() == run.folder.resolve():
         write_text(run.record / RECORD, json.dumps(settings, indent=1) + "\n")
         return
@@ -53,16 +55,15 @@ def keep(run: PlannedRun, settings: dict[str, Any]) -> None:
     for name in KEPT_FILES:
         shutil.copy2(run.folder / name, partial / name)
     shutil.copytree(run.folder / SAMPLES, partial / SAMPLES)
-    if settings["evaluate"] is not None:
-        source = suite_folder(run.folder, settings["evaluate"]["suite"], settings["evaluate"]["split"])
-        target = suite_folder(partial, settings["evaluate"]["suite"], settings["evaluate"]["split"])
+    if config.evaluate is not None:
+        source, target = suite_folder(run.folder, config.evaluate), suite_folder(partial, config.evaluate)
         target.mkdir(parents=True)
-        kept = []
+        kept = set()
         for category in sorted(p for p in (source / "images").iterdir() if p.is_dir()):
             (target / "images" / category.name).mkdir(parents=True)
             for image in sorted(category.glob("*.png"))[:GRID_COLUMNS]:  # what the report's grids show
                 shutil.copy2(image, target / "images" / category.name / image.name)
-                kept.append(f"images/{category.name}/{image.name}")
+                kept.add(f"images/{category.name}/{image.name}")
         results = json.loads((source / RESULTS).read_text())
         results["rows"] = [row for row in results["rows"] if row["image"] in kept]  # the summary counts them all
         (target / RESULTS).write_text(json.dumps(results, indent=1) + "\n")

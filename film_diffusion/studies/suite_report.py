@@ -29,14 +29,14 @@ GRID_COLUMNS = 8
 SETTINGS = ("suite", "split", "samples_per_category", "seed")
 
 
-def suite_folder(folder: Path, suite: str, split: str) -> Path:
+def suite_folder(folder: Path, scoring: SuiteScoring) -> Path:
     """Where a run folder (or a run's record) keeps the suite's scores."""
-    return folder / "evaluation" / f"{suite}-{split}"
+    return folder / "evaluation" / f"{scoring.suite}-{scoring.split}"
 
 
 def score_run(run: PlannedRun, scoring: SuiteScoring) -> None:
     """Score the run unless it is scored with these settings; a run scored with others is refused, not mixed in."""
-    out = suite_folder(run.folder, scoring.suite, scoring.split)
+    out = suite_folder(run.folder, scoring)
     if (out / RESULTS).is_file():
         check_settings(out, scoring)
         return
@@ -64,7 +64,7 @@ def check_settings(out: Path, scoring: SuiteScoring) -> dict:
 def suite_columns(run: PlannedRun, scoring: SuiteScoring) -> dict[str, Any]:
     """A run's suite scores as report columns: ``suite/CATEGORY/CHECK`` (accuracy), ``suite_n/CATEGORY/right`` and
     ``suite_n/CATEGORY/images`` (counts, for pooling seeds), and ``suite/overall/right``."""
-    results = check_settings(suite_folder(run.record, scoring.suite, scoring.split), scoring)
+    results = check_settings(suite_folder(run.record, scoring), scoring)
     summary, settings = results["summary"], results["settings"]
     columns: dict[str, Any] = {}
     for category, scores in summary["categories"].items():
@@ -178,8 +178,8 @@ def suite_grids(out: Path, runs: list[PlannedRun], scoring: SuiteScoring, rows: 
     chosen = list(first_seed.values())
     paths = []
     for category in [c for c in categories(rows) if c != "overall"]:
-        images = [[Image.open(p) for p in sorted((suite_folder(run.record, scoring.suite, scoring.split) / "images"
-                                                   / category).glob("*.png"))[:GRID_COLUMNS]] for run in chosen]
+        folders = [suite_folder(run.record, scoring) / "images" / category for run in chosen]
+        images = [[Image.open(p) for p in sorted(folder.glob("*.png"))[:GRID_COLUMNS]] for folder in folders]
         if not any(images):
             continue
         grid = labelled_grid(images, [", ".join(value_pairs({k: v for k, v in run.values.items() if k != SEED_KEY}))
@@ -192,7 +192,7 @@ def suite_grids(out: Path, runs: list[PlannedRun], scoring: SuiteScoring, rows: 
 
 def prompts_of(run: PlannedRun, scoring: SuiteScoring) -> dict[str, list[str]]:
     """Each category's first prompts, in the order of the grid's columns."""
-    rows = json.loads((suite_folder(run.record, scoring.suite, scoring.split) / RESULTS).read_text())["rows"]
+    rows = json.loads((suite_folder(run.record, scoring) / RESULTS).read_text())["rows"]
     found: dict[str, list[str]] = defaultdict(list)
     for row in rows:
         if len(found[row["category"]]) < GRID_COLUMNS:
