@@ -217,7 +217,7 @@ COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Callab
     ),
     "evaluate": (
         "Score a run or pipeline on the benchmark suite (single object, two objects, counting, binding, position, "
-        "compositional) with the oracle: accuracies with intervals, one row and PNG per image.",
+        "compositional, held-out pairs) with the oracle: accuracies with intervals, one row and PNG per image.",
         _add_evaluate,
         _evaluate,
     ),

@@ -85,11 +85,15 @@ CATEGORIES: dict[str, Category] = {c.name: c for c in (
              "relation", ("what",)),
     Category("compositional", "two objects in their cells, the first of a (colour, shape) pair the run held out",
              _two, "full", ("what",), held_out_pairs=True),
+    Category("held_out_pair", "one object of a (colour, shape) pair the run held out, as \"single\" asks it",
+             _single, "full", ("color", "shape", "size", "position", "what"), held_out_pairs=True),
 )}  # fmt: skip
 CLASS_LABEL_CATEGORIES = ("single",)
 """A class label is a scene's first (colour, shape) (``scene_class``): only one object's colour and shape can be
 asked of a class-label model, so it is judged on those alone."""
-SUITES: dict[str, tuple[str, ...]] = {"full": tuple(CATEGORIES), **{name: (name,) for name in CATEGORIES}}
+SUITES: dict[str, tuple[str, ...]] = {"full": tuple(CATEGORIES), "one_object": ("single", "held_out_pair"),
+                                      **{name: (name,) for name in CATEGORIES}}
+"""``one_object``: what a model trained on one-object scenes can be asked, seen pairs and held-out ones."""
 
 
 @dataclass(frozen=True)
@@ -119,12 +123,13 @@ def categories_for(suite: str, split: str, holdout: Sequence[Sequence[str]], tak
             raise UserError(f"This model is conditioned on class labels, which cannot state the '{suite}' category; "
                             f"choose --suite {' or '.join(CLASS_LABEL_CATEGORIES)} or full.")
         names = [n for n in names if n in CLASS_LABEL_CATEGORIES]
-    if "compositional" in names and (not holdout or split != "test"):
-        if suite == "compositional":
+    held_out = [n for n in names if CATEGORIES[n].held_out_pairs]
+    if held_out and (not holdout or split != "test"):
+        if suite in held_out:
             why = "the run held out no (colour, shape) pairs" if not holdout else "its pairs are in the test split only"
-            raise UserError(f"The compositional category cannot run here: {why}; train with data.holdout and use "
+            raise UserError(f"The {suite} category cannot run here: {why}; train with data.holdout and use "
                             "--split test.")
-        names.remove("compositional")
+        names = [n for n in names if n not in held_out]
     return names
 
 

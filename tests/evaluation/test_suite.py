@@ -20,7 +20,7 @@ from film_diffusion.data.render import render
 from film_diffusion.data.shapes import NUM_SCENE_CLASSES, caption_split, scene_split, to_tensor
 from film_diffusion.encoders import builtin_clip
 from film_diffusion.evaluation.metrics import wilson_interval
-from film_diffusion.evaluation.suite import CATEGORIES, Prompt, draw_prompts, judge, summarize
+from film_diffusion.evaluation.suite import CATEGORIES, Prompt, categories_for, draw_prompts, judge, summarize
 from film_diffusion.pipelines import FilmDiffusionPipeline
 
 HOLDOUT = [("red", "circle"), ("blue", "square"), ("yellow", "star")]
@@ -44,7 +44,7 @@ def test_wilson_interval():
 @pytest.mark.parametrize("split", ["val", "test"])
 def test_prompts_keep_to_their_split_and_are_fixed(split):
     for name, spec in CATEGORIES.items():
-        if name == "compositional" and split == "val":
+        if spec.held_out_pairs and split == "val":
             continue
         prompts = draw_prompts(name, split, 100, holdout=HOLDOUT)  # as for a run that held these pairs out
         assert len(prompts) == 100 and prompts == draw_prompts(name, split, 100, HOLDOUT)
@@ -52,6 +52,16 @@ def test_prompts_keep_to_their_split_and_are_fixed(split):
             assert scene_split(p.objects) == split and caption_split(p.objects, spec.template) == split
             pairs = [(o["color"], o["shape"]) for o in p.objects]
             assert (pairs[0] in HOLDOUT) == spec.held_out_pairs and not set(pairs[1:]) & set(HOLDOUT)
+
+
+def test_the_one_object_suite_asks_held_out_pairs_only_on_test_of_a_run_that_held_some_out():
+    assert categories_for("one_object", "test", HOLDOUT, takes_text=True) == ["single", "held_out_pair"]
+    assert categories_for("one_object", "val", HOLDOUT, takes_text=True) == ["single"]
+    assert categories_for("one_object", "test", (), takes_text=True) == ["single"]
+    assert categories_for("full", "val", HOLDOUT, takes_text=True) == [
+        n for n, spec in CATEGORIES.items() if not spec.held_out_pairs]
+    held = draw_prompts("held_out_pair", "test", 50, HOLDOUT)
+    assert all(len(p.objects) == 1 and (p.objects[0]["color"], p.objects[0]["shape"]) in HOLDOUT for p in held)
 
 
 def test_judge_tells_binding_swaps_and_wrong_cells():
@@ -78,7 +88,7 @@ def test_judge_tells_binding_swaps_and_wrong_cells():
 def test_true_renders_score_at_least_099_in_every_category(takes_text, tmp_path):
     names = list(CATEGORIES) if takes_text else ["single"]
     prompts = [p for name in names
-               for p in draw_prompts(name, "test", 200, HOLDOUT if name == "compositional" else (), takes_text)]
+               for p in draw_prompts(name, "test", 200, HOLDOUT if CATEGORIES[name].held_out_pairs else (), takes_text)]
     rows = score_prompts(true_renders, prompts, tmp_path, batch_size=200)
     summary = summarize(rows, names)
     for name in names:
@@ -131,9 +141,10 @@ def test_a_class_model_is_asked_only_what_labels_state(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("args, message", [
-    (["--suite", "geneval"], "Unknown suite 'geneval'; choose one of full, single,"),
+    (["--suite", "geneval"], "Unknown suite 'geneval'; choose one of full, one_object, single,"),
     (["--split", "train"], "Unknown split 'train' for evaluation; choose val (for tuning) or test"),
     (["--suite", "compositional"], "The compositional category cannot run here: the run held out no"),
+    (["--suite", "held_out_pair"], "The held_out_pair category cannot run here: the run held out no"),
 ])  # fmt: skip
 def test_bad_suite_or_split_is_one_sentence(args, message, tmp_path, capsys):
     pixel_pipeline().save_pretrained(tmp_path / "pipe")
