@@ -1,7 +1,8 @@
 """The experiment config: one dataclass per section, loaded from YAML with ``key.sub=value`` overrides.
 
-The defaults are the quickstart's values (``configs/quickstart.yaml`` spells every key out with its meaning),
-except ``train.eval_every``, off by default since only the built-in scenes have an oracle.
+The defaults are the first quickstart's values, a DiT in bf16 (``configs/quickstart.yaml`` spells every key out
+with its meaning, and sets the U-Net recipe the quickstart sweep chose on val in place of the model and training
+values that differ), except ``train.eval_every``, off by default since only the built-in scenes have an oracle.
 
 Every key is documented on its line here and in ``configs/``; :func:`check_config` refuses what the
 types cannot (a batch that does not divide, a method the backbone cannot take) before anything runs.
