@@ -171,6 +171,10 @@ VARIANTS: dict[str, Variant] = {
     "dit+conv_head+repa+lr2e-3": Variant("dit+conv_head with REPA 0.5 and lr 2e-3",
                                          DIT + ["model.conv_head=true", "train.repa_weight=0.5", "train.lr=0.002"],
                                          eval_every=250),
+    "dit+conv_head+repa+lr2e-3+3000steps": Variant(
+        "dit+conv_head+repa+lr2e-3 trained 3,000 steps: where its curve goes",
+        DIT + ["model.conv_head=true", "train.repa_weight=0.5", "train.lr=0.002", "train.max_steps=3000"],
+        eval_every=500),
 }
 
 
@@ -256,17 +260,19 @@ def cpu_name() -> str:
 
 def table(rows: list[dict]) -> str:
     """One row per variant; "idle train minutes" is its steps at the images/s ``--speed`` measured (where it has
-    one): the minutes to compare when variants ran beside other work."""
+    one): the minutes to compare when variants ran beside other work; "all, along the way" is the val all-right
+    at each earlier scoring (the variants scored every ``eval_every`` steps)."""
     speeds = json.loads(SPEEDS.read_text()) if SPEEDS.exists() else {}
     lines = ["| variant | what changed | steps | minutes | idle train minutes | colour | shape | size | position | "
-             "all | FID |", "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+             "all | FID | all, along the way |", "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
     for row in rows:
         figures = " | ".join(f"{row[k]:.2f}" if k == "fid" else f"{row[k]:.3f}" for k in SCORES)
         minutes = f"{row['minutes']:.1f}" + (" (resumed: last sitting)" if row.get("resumed") else "")
         speed = speeds.get(row["name"])
         images = row["steps"] * variant_config(row["overrides"]).train.batch_size if speed else 0
         idle = f"{images / speed['images_per_s'] / 60:.1f}" if speed else "-"
-        lines.append(f"| {row['name']} | {row['note']} | {row['steps']} | {minutes} | {idle} | {figures} |")
+        curve = ", ".join(f"{point['step']}: {point['all']:.2f}" for point in row.get("curve", [])[:-1]) or "-"
+        lines.append(f"| {row['name']} | {row['note']} | {row['steps']} | {minutes} | {idle} | {figures} | {curve} |")
     return "\n".join(lines)
 
 

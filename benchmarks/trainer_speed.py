@@ -19,6 +19,7 @@ the conditioning diffusers' DiT has, so that the diffusers loop trains the same 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import statistics
 import tempfile
@@ -39,6 +40,7 @@ from film_diffusion.data.shapes import NUM_SCENE_CLASSES
 from film_diffusion.training.build import build_dataset, build_denoiser, build_encoder
 from film_diffusion.training.config import ExperimentConfig, load_experiment
 from film_diffusion.training.inputs import ConditionMaker
+from film_diffusion.training.repa import RepresentationAlignment
 from film_diffusion.training.trainer import train
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -69,11 +71,15 @@ def windowed_rate(step: Callable[[], None], steps: int, window: int, batch: int,
 
 
 def model_step(config: ExperimentConfig, accelerator: Accelerator) -> Callable[[], None]:
-    """The denoiser's training step on one fixed batch of real scenes, nothing around it."""
+    """The denoiser's training step on one fixed batch of real scenes, nothing around it but the objective's own
+    parts: with ``train.repa_weight``, REPA's alignment loss (the frozen image tower and the projector) too."""
     encoder = build_encoder(config.condition)
     model = build_denoiser(config, 3, config.data.resolution, getattr(encoder, "token_dim", None),
                            getattr(encoder, "pooled_dim", None), getattr(encoder, "max_length", None))
-    optimizer = torch.optim.AdamW(model.parameters(), lr=config.train.lr, weight_decay=config.train.weight_decay)
+    repa = RepresentationAlignment(model, config.train.repa_block, accelerator.device) if config.train.repa_weight \
+        else None
+    trained = list(model.parameters()) + (list(repa.alignment.parameters()) if repa else [])
+    optimizer = torch.optim.AdamW(trained, lr=config.train.lr, weight_decay=config.train.weight_decay)
     model, optimizer = accelerator.prepare(model, optimizer)
     if encoder is not None:
         encoder.to(accelerator.device)
@@ -86,9 +92,11 @@ def model_step(config: ExperimentConfig, accelerator: Accelerator) -> Callable[[
     timesteps = torch.randint(0, 1000, (len(x0),), device=accelerator.device)
 
     def step() -> None:
-        with accelerator.autocast():
+        with accelerator.autocast(), repa.tap.active() if repa else contextlib.nullcontext():
             prediction = model(x0 + noise, timesteps, **inputs).sample
         loss = F.mse_loss(prediction.float(), noise)
+        if repa:  # as the trainer: the tower and projector outside autocast
+            loss = loss + config.train.repa_weight * repa.loss(x0)
         accelerator.backward(loss)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
