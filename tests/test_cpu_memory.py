@@ -37,5 +37,7 @@ def page_faults(mode: str) -> int:
 def test_steps_after_keep_freed_memory_take_almost_no_page_faults():
     default, kept = page_faults("default"), page_faults("keep")
     one_step_of_pages = 64 * (4 << 20) // 4096
-    assert default > 4 * one_step_of_pages  # freed memory went back to the kernel and faulted in again
-    assert kept < one_step_of_pages // 10
+    # freed memory went back to the kernel and faulted in again: at least once per block and step, and once
+    # per 4 KiB page unless the kernel backs the blocks with transparent huge pages (one fault per 2 MiB)
+    assert default >= 5 * 64, default
+    assert kept < min(one_step_of_pages, default) // 10, (kept, default)
