@@ -39,7 +39,7 @@ STEPS = 1000
 SAMPLES = 100
 COMMON = ["model.backbone=unet", "model.unet.block_out_channels=[16,32,64]", "model.unet.layers_per_block=1",
           "model.unet.norm_num_groups=8", "model.unet.attention_levels=[2]",
-          "model.unet.attention_pos_embed=true", "train.mixed_precision=no",
+          "model.unet.attention_pos_embed=true", "train.mixed_precision=no", "train.repa_weight=0.0",
           "train.lr=0.002", f"train.max_steps={STEPS}", "train.eval_every=0", "train.sample_every=0",
           "train.checkpoint_every=250", "data.max_objects=1"]
 FILM_BASE, UNCOND_BASE = "train.init_from=runs/new_condition/film", "train.init_from=runs/new_condition/uncond"
