@@ -117,8 +117,8 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=0, help="DataLoader worker processes per loader")
     parser.add_argument("--repeats", type=int, default=30, help="timed batches per loader (median reported)")
     parser.add_argument("--mixed-precision", default=None, choices=["no", "bf16"],
-                        help="train.mixed_precision of the start run (default: the quickstart's bf16; 'no' on a CPU "
-                             "without fast bf16, where a bf16 step is many times slower)")
+                        help="train.mixed_precision of the start run (default: the quickstart's, float32; bf16 is "
+                             "faster on a CPU with bf16 instructions and many times slower on one without)")
     args = parser.parse_args()
 
     root = args.data_dir / str(args.images)
