@@ -45,7 +45,8 @@ SCORES = ("color", "shape", "size", "position", "all", "fid")
 # it; "quickstart" is the DiT config shipped before the U-Net recipe, "v+xattn2500" the one first shipped (the
 # shipped configs/quickstart.yaml is unet+xattn+repa+lr2e-3 at 2,500 steps), and the sampling variants
 # score a finished pipeline otherwise.
-UNTUNED = ["model.backbone=dit", "train.repa_weight=0.0", "model.dit.patch_size=2", "model.dit.hidden_size=128", "model.dit.depth=4", "model.dit.num_heads=4",
+UNTUNED = ["model.backbone=dit", "train.repa_weight=0.0",
+           "model.dit.patch_size=2", "model.dit.hidden_size=128", "model.dit.depth=4", "model.dit.num_heads=4",
            "objective.prediction=epsilon", "objective.min_snr_gamma=null", "train.mixed_precision=no",
            "train.warmup_steps=50", "train.max_steps=300", "train.lr=0.001", "train.batch_size=32",
            "train.ema_decay=0.999", "train.caption_dropout=0.1", "sample.steps=50", "sample.guidance_scale=3.0",

@@ -72,9 +72,10 @@ class Category:
     held_out_pairs: bool = False  # compositional: the first object is a pair the run held out
 
 
+ONE_OBJECT_CHECKS = ("color", "shape", "size", "position", "what")  # every attribute of the one asked object
 CATEGORIES: dict[str, Category] = {c.name: c for c in (
     Category("single", "one object: colour, shape, size and cell (\"a small red circle at the top left\")",
-             _single, "full", ("color", "shape", "size", "position", "what")),
+             _single, "full", ONE_OBJECT_CHECKS),
     Category("two_objects", "two objects, each with its own size, colour and shape, cells free",
              _two, "attributes", ("count",)),
     Category("counting", "2 to 4 objects of one kind (\"three red circles\")", _counted, "counts", ("count",)),
@@ -86,7 +87,7 @@ CATEGORIES: dict[str, Category] = {c.name: c for c in (
     Category("compositional", "two objects in their cells, the first of a (colour, shape) pair the run held out",
              _two, "full", ("what",), held_out_pairs=True),
     Category("held_out_pair", "one object of a (colour, shape) pair the run held out, as \"single\" asks it",
-             _single, "full", ("color", "shape", "size", "position", "what"), held_out_pairs=True),
+             _single, "full", ONE_OBJECT_CHECKS, held_out_pairs=True),
 )}  # fmt: skip
 CLASS_LABEL_CATEGORIES = ("single",)
 """A class label is a scene's first (colour, shape) (``scene_class``): only one object's colour and shape can be

@@ -22,8 +22,8 @@ def test_the_built_in_configs_are_the_quickstart_and_one_per_method_and_backbone
     methods = ["film", "adaln_zero", "cross_attention", "gated_cross_attention", "concat", "adaln_zero_cross_attention",
                "film_cross_attention"]
     dit_only = ["adaln_single", "joint_attention", "adaln_single_cross_attention"]  # the U-Net refuses them
-    assert BUILT_IN == sorted(["quickstart", "quickstart_dit", "multi_object"] + [f"{b}_{m}" for b in ("dit", "unet") for m in methods]
-                              + [f"dit_{m}" for m in dit_only])
+    assert BUILT_IN == sorted(["quickstart", "quickstart_dit", "multi_object"]
+                              + [f"{b}_{m}" for b in ("dit", "unet") for m in methods] + [f"dit_{m}" for m in dit_only])
 
 
 @pytest.mark.parametrize("name", BUILT_IN)
