@@ -214,7 +214,10 @@ def markdown(rows: list[dict], groups: list[dict], keys: list[str], config: Comp
              "pass of the denoiser at batch 1; peak memory is one training step at the run's batch per "
              "accumulation step (one process's share when a launcher runs several: divide by their count) and "
              "precision, without the EMA copy. A method that is the backbone's own timestep method (adaLN-Zero on "
-             "the DiT, FiLM on the U-Net) carries the timestep too, so its whole generator counts.", "",
+             "the DiT, FiLM on the U-Net) carries the timestep too, so its whole generator counts. img/s is the "
+             "trainer's own, logged beside whatever else the machine ran; to compare speeds, time the cells side by "
+             "side on an idle machine with `python benchmarks/study_speed.py CONFIG` (it writes `speeds.md` here).",
+             "",
              "## Runs", ""]
     columns = ["run", "width", "params (M)", "conditioning params (M)", "GFLOPs / forward", "img/s",
                "peak MiB (train step)", "final loss", *map(column_title, quality)]
