@@ -9,6 +9,8 @@ batch and precision, except where the matrix varies them. Runs go one after anot
 (``evaluate``), measured and kept as a record (:mod:`.records`, under ``REPORT/runs/``) before the next one starts,
 and the report is made from the records. The comparison resumes run by run: a kept run is never trained again, nor
 is a finished one (its ``pipeline/`` written); an interrupted one continues from its newest complete checkpoint.
+The same command in several processes (one per GPU, or per CPU core at one thread each) shares the runs: each takes
+the next run that no other holds (:mod:`.locks`), and each writes the report once every run is kept.
 """
 
 from __future__ import annotations
@@ -19,9 +21,11 @@ from pathlib import Path
 
 import yaml
 
+from film_diffusion.atomic import write_text
 from film_diffusion.conditioning import Condition
 from film_diffusion.config import ConfigError, config_to_dict
 from film_diffusion.errors import UserError
+from film_diffusion.studies.locks import holding
 from film_diffusion.studies.model_cost import matched_width, model_size
 from film_diffusion.studies.plan import (
     CompareConfig,
@@ -97,22 +101,43 @@ def size_runs(runs: list[PlannedRun], measure: str, inputs: ModelInputs, match_t
 
 
 def run_all(runs: list[PlannedRun], config: CompareConfig, source_file: Path) -> None:
-    """Complete every run not kept yet, one after another: train it (resuming where a checkpoint is complete),
-    score it, measure it, keep its record."""
+    """Complete every run not kept yet, one after another. Several ``compare`` processes of one config (other
+    shells, or machines that share the folders) share the runs: each passes over a run another one holds, and at the
+    end waits for those, completing any that its holder left unfinished (killed, say)."""
+    held_elsewhere = []
     for i, run in enumerate(runs, 1):
-        if is_kept(run, config):
-            check_same_experiment(run, run.record)
-            print(f"[{i}/{len(runs)}] {run.name}: kept in {run.record}, not trained again")
-            continue
-        check_same_experiment(run, run.folder)
-        if run.finished:
-            print(f"[{i}/{len(runs)}] {run.name}: finished, not trained again")
-        else:
-            train(run, source_file, config.launcher, f"[{i}/{len(runs)}] ")
-        if config.evaluate is not None:
-            score_run(run, config.evaluate)
-        measure_run(run, config.grid_seed)
-        keep(run, config)
+        counter = f"[{i}/{len(runs)}] "
+        with holding(run_lock(run, config), wait=False) as mine:
+            if mine:
+                complete(run, config, source_file, counter)
+            else:
+                print(f"{counter}{run.name}: held by another compare process; going on", flush=True)
+                held_elsewhere.append((counter, run))
+    for counter, run in held_elsewhere:
+        with holding(run_lock(run, config), wait=True):
+            complete(run, config, source_file, counter)
+
+
+def run_lock(run: PlannedRun, config: CompareConfig) -> Path:
+    return config.output_dir / "locks" / f"{run.name}.lock"
+
+
+def complete(run: PlannedRun, config: CompareConfig, source_file: Path, counter: str) -> None:
+    """Train one run (resuming where a checkpoint is complete), score it, measure it, keep its record; a kept run
+    is left as it is."""
+    if is_kept(run, config):
+        check_same_experiment(run, run.record)
+        print(f"{counter}{run.name}: kept in {run.record}, not trained again")
+        return
+    check_same_experiment(run, run.folder)
+    if run.finished:
+        print(f"{counter}{run.name}: finished, not trained again")
+    else:
+        train(run, source_file, config.launcher, counter)
+    if config.evaluate is not None:
+        score_run(run, config.evaluate)
+    measure_run(run, config.grid_seed)
+    keep(run, config)
 
 
 def train(run: PlannedRun, source_file: Path, launcher: list[str], counter: str = "") -> None:
@@ -175,9 +200,11 @@ def compare(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Pa
     out = Path(config.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     source_file = out / "experiment.yaml"
-    source_file.write_text(yaml.safe_dump(experiment_source(config), sort_keys=False))
-    (out / "compare.yaml").write_text(yaml.safe_dump(config_to_dict(config), sort_keys=False))
+    with holding(out / "locks" / "comparison.lock", wait=True):  # another process may be writing them too
+        write_text(source_file, yaml.safe_dump(experiment_source(config), sort_keys=False))
+        write_text(out / "compare.yaml", yaml.safe_dump(config_to_dict(config), sort_keys=False))
     run_all(runs, config, source_file)
     report = Path(config.report_dir or out)
     report.mkdir(parents=True, exist_ok=True)
-    return write_report(report, runs, config, sizing)
+    with holding(out / "locks" / "comparison.lock", wait=True):
+        return write_report(report, runs, config, sizing)

@@ -1,7 +1,10 @@
 """``film-diffusion compare``: a small matrix runs through the real trainer and writes every file; a kill between
 runs and a rerun train nothing twice; an interrupted run resumes; the table's sizes are the hand-computed ones."""
 
+import fcntl
 import json
+import subprocess
+import sys
 
 import pytest
 import yaml
@@ -166,6 +169,40 @@ def test_a_run_killed_before_its_first_checkpoint_starts_over(tmp_path, monkeypa
     compare_module.train(planned, tmp_path / "experiment.yaml", [])
     # the trainer restarts a run folder with no checkpoint (tests/faults/test_damaged_files.py)
     assert len(launched) == 1 and launched[0][-2:] == ["--resume", "latest"]
+
+
+def test_a_run_another_process_holds_is_passed_over_then_taken_over_when_let_go(tmp_path, monkeypatch):
+    config = compare_module.load_compare(write_config(tmp_path))
+    runs = compare_module.plan_runs(config)
+    lock = compare_module.run_lock(runs[0], config)
+    lock.parent.mkdir(parents=True)
+    other_process = open(lock, "a")  # another open file: flock holds it against this one as against a process
+    fcntl.flock(other_process, fcntl.LOCK_EX)
+    completed = []
+
+    def complete(run, config, source_file, counter):
+        completed.append(run.name)
+        if len(completed) == len(runs) - 1:
+            other_process.close()  # it stops with the first run unfinished: the lock goes with it
+
+    monkeypatch.setattr(compare_module, "complete", complete)
+    compare_module.run_all(runs, config, tmp_path / "experiment.yaml")
+    assert completed == [r.name for r in runs[1:]] + [runs[0].name]
+
+
+@pytest.mark.slow
+def test_two_processes_of_one_comparison_train_each_run_once(tmp_path):
+    config = write_config(tmp_path)
+    command = [sys.executable, "-m", "film_diffusion.cli", "compare", str(config)]
+    processes = [subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                 for _ in range(2)]
+    outputs = [p.communicate()[0] for p in processes]
+    assert [p.returncode for p in processes] == [0, 0], outputs
+    trained = [line for out in outputs for line in out.splitlines() if line.endswith(": training")]
+    assert len(trained) == 4 == len({line.split("] ")[1] for line in trained})  # each run trained once, by one
+    assert all(": training" in out for out in outputs)  # and both did some
+    rows = json.loads((tmp_path / "out" / "results.json").read_text())["runs"]
+    assert len(rows) == 4 and all(row["steps"] == 4 for row in rows)
 
 
 @pytest.mark.parametrize("matrix, message", [
