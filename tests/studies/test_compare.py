@@ -222,7 +222,8 @@ def test_a_bad_matrix_is_one_sentence_before_anything_trains(tmp_path, capsys, m
 
 @pytest.mark.parametrize("study, runs, matched", [("compare_methods", 12, False), ("dit_paper_blocks", 9, False),
                                                   ("film_paper_placement", 12, False), ("ffnified_mixer", 12, True),
-                                                  ("unet_text_paths", 8, False), ("conditioning_methods", 51, True),
+                                                  ("unet_text_paths", 8, False), ("unet_xattn_position", 4, False),
+                                                  ("conditioning_methods", 51, True),
                                                   ("conditioning_methods_pilot", 2, True)])
 def test_the_shipped_studies_plan_and_build(tmp_path, study, runs, matched):
     config = compare_module.load_compare(CONFIGS / f"{study}.yaml", [f"output_dir={tmp_path}"])

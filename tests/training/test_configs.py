@@ -13,7 +13,7 @@ FULL_SIZE = {"dit_xl2_imagenet": 674.8, "pixart_like": 798.6, "sd_unet": 835.7} 
 CLIP_L = {"token_dim": 768, "pooled_dim": 768, "max_length": 77}  # what openai/clip-vit-large-patch14 reports
 # compare configs, tested in tests/evaluation
 STUDIES = ("compare_methods", "dit_paper_blocks", "film_paper_placement", "ffnified_mixer", "unet_text_paths",
-           "conditioning_methods", "conditioning_methods_pilot")
+           "unet_xattn_position", "conditioning_methods", "conditioning_methods_pilot")
 BUILT_IN = sorted(p.stem for p in CONFIGS.glob("*.yaml")
                   if p.stem not in FULL_SIZE and p.stem != "clip_builtin" and p.stem not in STUDIES)
 
