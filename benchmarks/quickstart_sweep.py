@@ -176,6 +176,11 @@ VARIANTS: dict[str, Variant] = {
         "dit+conv_head+repa+lr2e-3 trained 3,000 steps: where its curve goes",
         DIT + ["model.conv_head=true", "train.repa_weight=0.5", "train.lr=0.002", "train.max_steps=3000"],
         eval_every=500),
+    # benchmarks/shape_by_noise.py: the patch-4 DiT loses shape even from a lightly noised true image; a finer grid
+    "dit+patch2+conv_head+repa+lr2e-3": Variant(
+        "dit+conv_head+repa+lr2e-3 with patch 2 (a 16x16 grid), width 96, 4 heads, 3,000 steps",
+        DIT + ["model.dit.patch_size=2", "model.dit.hidden_size=96", "model.dit.num_heads=4", "model.conv_head=true",
+               "train.repa_weight=0.5", "train.lr=0.002", "train.max_steps=3000"], eval_every=500),
 }
 
 
