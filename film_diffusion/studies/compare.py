@@ -119,6 +119,7 @@ def run_all(runs: list[PlannedRun], config: CompareConfig, source_file: Path) ->
 
 
 def run_lock(run: PlannedRun, config: CompareConfig) -> Path:
+    """The file whose lock marks ``run`` as held by one ``compare`` process."""
     return config.output_dir / "locks" / f"{run.name}.lock"
 
 
