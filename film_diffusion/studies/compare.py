@@ -25,7 +25,7 @@ from film_diffusion.atomic import write_text
 from film_diffusion.conditioning import Condition
 from film_diffusion.config import ConfigError, config_to_dict
 from film_diffusion.errors import UserError
-from film_diffusion.studies.locks import holding
+from film_diffusion.studies.locks import holding, passed_on
 from film_diffusion.studies.model_cost import matched_width, model_size
 from film_diffusion.studies.plan import (
     CompareConfig,
@@ -107,15 +107,15 @@ def run_all(runs: list[PlannedRun], config: CompareConfig, source_file: Path) ->
     held_elsewhere = []
     for i, run in enumerate(runs, 1):
         counter = f"[{i}/{len(runs)}] "
-        with holding(run_lock(run, config), wait=False) as mine:
-            if mine:
-                complete(run, config, source_file, counter)
+        with holding(run_lock(run, config), wait=False) as lock:
+            if lock is not None:
+                complete(run, config, source_file, counter, lock)
             else:
                 print(f"{counter}{run.name}: held by another compare process; going on", flush=True)
                 held_elsewhere.append((counter, run))
     for counter, run in held_elsewhere:
-        with holding(run_lock(run, config), wait=True):
-            complete(run, config, source_file, counter)
+        with holding(run_lock(run, config), wait=True) as lock:
+            complete(run, config, source_file, counter, lock)
 
 
 def run_lock(run: PlannedRun, config: CompareConfig) -> Path:
@@ -123,9 +123,10 @@ def run_lock(run: PlannedRun, config: CompareConfig) -> Path:
     return config.output_dir / "locks" / f"{run.name}.lock"
 
 
-def complete(run: PlannedRun, config: CompareConfig, source_file: Path, counter: str) -> None:
+def complete(run: PlannedRun, config: CompareConfig, source_file: Path, counter: str, lock: int | None = None
+             ) -> None:
     """Train one run (resuming where a checkpoint is complete), score it, measure it, keep its record; a kept run
-    is left as it is."""
+    is left as it is. ``lock``: the descriptor of the run's held lock, which its training process inherits."""
     if is_kept(run, config):
         check_same_experiment(run, run.record)
         print(f"{counter}{run.name}: kept in {run.record}, not trained again")
@@ -134,26 +135,29 @@ def complete(run: PlannedRun, config: CompareConfig, source_file: Path, counter:
     if run.finished:
         print(f"{counter}{run.name}: finished, not trained again")
     else:
-        train(run, source_file, config.launcher, counter)
+        train(run, source_file, config.launcher, counter, lock)
     if config.evaluate is not None:
         score_run(run, config.evaluate)
     measure_run(run, config.grid_seed)
     keep(run, config)
 
 
-def train(run: PlannedRun, source_file: Path, launcher: list[str], counter: str = "") -> None:
+def train(run: PlannedRun, source_file: Path, launcher: list[str], counter: str = "", lock: int | None = None
+          ) -> None:
     """One run's training, in its own process, resuming where a checkpoint is complete."""
     resume = run.folder.exists()  # the trainer restarts a run stopped before its first checkpoint
     print(f"{counter}{run.name}: {'resuming' if resume else 'training'}", flush=True)
     command = [*(launcher or [sys.executable]), "-m", "film_diffusion.cli", "train", str(source_file),
                *run.overrides, f"output_dir={run.folder}", *(["--resume", "latest"] if resume else [])]
-    launch(command, run.name)
+    launch(command, run.name, lock)
 
 
-def launch(command: list[str], name: str) -> None:
-    """One training, in its own process; a failure stops the comparison (finished runs stay finished)."""
+def launch(command: list[str], name: str, lock: int | None = None) -> None:
+    """One training, in its own process; a failure stops the comparison (finished runs stay finished). The process
+    inherits ``lock`` (a held lock's descriptor), so that its run stays held while it trains even if this process is
+    killed alone."""
     try:
-        code = subprocess.run(command).returncode
+        code = subprocess.run(command, pass_fds=passed_on(lock)).returncode
     except OSError as err:
         raise UserError(f"Could not start run '{name}' with '{command[0]}' ({err.strerror}); fix the config key "
                         "'launcher' (or leave it empty for this Python).") from None

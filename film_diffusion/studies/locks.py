@@ -19,20 +19,26 @@ except ImportError:  # Windows
 
 
 @contextlib.contextmanager
-def holding(path: Path, wait: bool) -> Iterator[bool]:
-    """Hold the lock ``path`` for the block; yields whether this process holds it. Without ``wait`` a lock another
-    process holds yields False at once; with ``wait`` the block starts once that process lets it go."""
+def holding(path: Path, wait: bool) -> Iterator[int | None]:
+    """Hold the lock ``path`` for the block; yields its file descriptor, or None where another process holds it and
+    ``wait`` is False. With ``wait`` the block starts once that process lets it go. A child process started with the
+    descriptor (:func:`passed_on`) keeps the lock held should this process be killed before it."""
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "a") as handle:
         if fcntl is None:
-            yield True
+            yield handle.fileno()
             return
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
         except BlockingIOError:
-            yield False
+            yield None
             return
         try:
-            yield True
+            yield handle.fileno()
         finally:
             fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def passed_on(lock: int | None) -> tuple[int, ...]:
+    """``pass_fds`` for a child process that should hold ``lock`` (a descriptor from :func:`holding`) too."""
+    return () if lock is None or fcntl is None else (lock,)

@@ -5,6 +5,8 @@ import fcntl
 import json
 import subprocess
 import sys
+import threading
+import time
 
 import pytest
 import yaml
@@ -69,11 +71,11 @@ def test_a_small_comparison_writes_everything_resumes_and_never_trains_twice(tmp
     config = write_config(tmp_path)
     real_launch, launched = compare_module.launch, []
 
-    def killed_after_first_run(command, name):
+    def killed_after_first_run(command, name, lock):
         if launched:
             raise KeyboardInterrupt  # the kill lands between runs
         launched.append(command)
-        real_launch(command, name)
+        real_launch(command, name, lock)
 
     monkeypatch.setattr(compare_module, "launch", killed_after_first_run)
     with pytest.raises(KeyboardInterrupt):
@@ -82,9 +84,9 @@ def test_a_small_comparison_writes_everything_resumes_and_never_trains_twice(tmp
     first = runs / "conditioning=film_seed=0"
     finished_at = (first / "pipeline" / "model_index.json").stat().st_mtime_ns
 
-    def counted(command, name):
+    def counted(command, name, lock):
         launched.append(command)
-        real_launch(command, name)
+        real_launch(command, name, lock)
 
     launched.clear()
     monkeypatch.setattr(compare_module, "launch", counted)
@@ -132,7 +134,7 @@ def test_a_small_comparison_writes_everything_resumes_and_never_trains_twice(tmp
 
 
 def test_a_changed_experiment_does_not_reuse_old_runs(tmp_path, monkeypatch):
-    monkeypatch.setattr(compare_module, "launch", lambda command, name: None)
+    monkeypatch.setattr(compare_module, "launch", lambda command, name, lock: None)
     run = tmp_path / "out" / "runs" / "conditioning=film_seed=0"
     run.mkdir(parents=True)
     config = compare_module.load_compare(write_config(tmp_path))
@@ -146,7 +148,7 @@ def test_a_changed_experiment_does_not_reuse_old_runs(tmp_path, monkeypatch):
 
 def test_a_key_added_since_a_run_was_trained_counts_at_its_default(tmp_path, monkeypatch):
     launched = []
-    monkeypatch.setattr(compare_module, "launch", lambda command, name: launched.append(name))
+    monkeypatch.setattr(compare_module, "launch", lambda command, name, lock: launched.append(name))
     config = write_config(tmp_path)
     planned = compare_module.plan_runs(compare_module.load_compare(config))[0]
     planned.folder.mkdir(parents=True)
@@ -161,7 +163,7 @@ def test_a_key_added_since_a_run_was_trained_counts_at_its_default(tmp_path, mon
 
 def test_a_run_killed_before_its_first_checkpoint_starts_over(tmp_path, monkeypatch):
     launched = []
-    monkeypatch.setattr(compare_module, "launch", lambda command, name: launched.append(command))
+    monkeypatch.setattr(compare_module, "launch", lambda command, name, lock: launched.append(command))
     planned = compare_module.plan_runs(compare_module.load_compare(write_config(tmp_path)))[0]
     planned.folder.mkdir(parents=True)
     (planned.folder / "config.yaml").write_text("seed: 0\nmodel: {backb")  # torn by the kill
@@ -180,7 +182,7 @@ def test_a_run_another_process_holds_is_passed_over_then_taken_over_when_let_go(
     fcntl.flock(other_process, fcntl.LOCK_EX)
     completed = []
 
-    def complete(run, config, source_file, counter):
+    def complete(run, config, source_file, counter, lock):
         completed.append(run.name)
         if len(completed) == len(runs) - 1:
             other_process.close()  # it stops with the first run unfinished: the lock goes with it
@@ -188,6 +190,23 @@ def test_a_run_another_process_holds_is_passed_over_then_taken_over_when_let_go(
     monkeypatch.setattr(compare_module, "complete", complete)
     compare_module.run_all(runs, config, tmp_path / "experiment.yaml")
     assert completed == [r.name for r in runs[1:]] + [runs[0].name]
+
+
+def test_a_training_process_keeps_its_run_held_when_the_compare_process_dies_first(tmp_path):
+    lock = tmp_path / "run.lock"
+    compare_process = open(lock, "a")
+    fcntl.flock(compare_process, fcntl.LOCK_EX)
+    sleeper = [sys.executable, "-c", "import time; time.sleep(3)"]
+    training = threading.Thread(target=compare_module.launch, args=(sleeper, "run", compare_process.fileno()))
+    training.start()
+    time.sleep(0.5)
+    compare_process.close()  # killed: its descriptor closes without an unlock; the child still has the lock's
+    other = open(lock, "a")
+    with pytest.raises(BlockingIOError):
+        fcntl.flock(other, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    training.join()
+    fcntl.flock(other, fcntl.LOCK_EX | fcntl.LOCK_NB)  # the training ended: the lock is free
+    other.close()
 
 
 @pytest.mark.slow
