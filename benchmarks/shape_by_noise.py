@@ -32,21 +32,22 @@ def scores_by_strength(path: str, strengths: list[float], count: int, batch_size
     pipe.set_progress_bar_config(disable=True)
     resolution = pipe.denoiser.config.sample_size
     scenes = held_out_scenes(resolution, count, seed=0, holdout=None)
-    truth = [scenes.scene(i) for i in range(count)]
-    real = torch.stack([scenes[i]["image"] for i in range(count)])  # [-1, 1]
+    items = [scenes[i] for i in range(count)]
+    real = torch.stack([item["image"] for item in items])  # [-1, 1]
+    captions, objects = [item["caption"] for item in items], [item["objects"] for item in items]
     oracle = load_oracle(resolution)
     table = {}
     for strength in strengths:
         if strength == 0:
-            table[strength] = oracle.score(real, [objects for objects, _ in truth])
+            table[strength] = oracle.score(real, objects)
             continue
         fakes = []
         for start in range(0, count, batch_size):
             chunk = slice(start, start + batch_size)
-            images = pipe(prompt=[text for _, text in truth[chunk]], image=(real[chunk] + 1) / 2, strength=strength,
+            images = pipe(prompt=captions[chunk], image=(real[chunk] + 1) / 2, strength=strength,
                           output_type="pt", generator=torch.Generator().manual_seed(start)).images
             fakes.append(images * 2 - 1)
-        table[strength] = oracle.score(torch.cat(fakes), [objects for objects, _ in truth])
+        table[strength] = oracle.score(torch.cat(fakes), objects)
     return table
 
 

@@ -123,8 +123,7 @@ def run_lock(run: PlannedRun, config: CompareConfig) -> Path:
     return config.output_dir / "locks" / f"{run.name}.lock"
 
 
-def complete(run: PlannedRun, config: CompareConfig, source_file: Path, counter: str, lock: int | None = None
-             ) -> None:
+def complete(run: PlannedRun, config: CompareConfig, source_file: Path, counter: str, lock: int | None) -> None:
     """Train one run (resuming where a checkpoint is complete), score it, measure it, keep its record; a kept run
     is left as it is. ``lock``: the descriptor of the run's held lock, which its training process inherits."""
     if is_kept(run, config):
@@ -205,11 +204,12 @@ def compare(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Pa
     out = Path(config.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     source_file = out / "experiment.yaml"
-    with holding(out / "locks" / "comparison.lock", wait=True):  # another process may be writing them too
+    comparison_lock = out / "locks" / "comparison.lock"
+    with holding(comparison_lock, wait=True):  # another process may be writing them too
         write_text(source_file, yaml.safe_dump(experiment_source(config), sort_keys=False))
         write_text(out / "compare.yaml", yaml.safe_dump(config_to_dict(config), sort_keys=False))
     run_all(runs, config, source_file)
     report = Path(config.report_dir or out)
     report.mkdir(parents=True, exist_ok=True)
-    with holding(out / "locks" / "comparison.lock", wait=True):
+    with holding(comparison_lock, wait=True):
         return write_report(report, runs, config, sizing)
